@@ -1,0 +1,3 @@
+//! Dockerfile frontend: parser (directives, continuations, heredocs) and word expansion.
+
+pub mod ast;

@@ -1,0 +1,13 @@
+//! rbuild: a rootless, daemonless, single-shot container image builder.
+//!
+//! Data flows one way: [`dockerfile`] → [`plan`] → [`solver`] (with [`snapshot`], [`store`],
+//! [`context`]) → [`export`].
+
+pub mod context;
+pub mod dockerfile;
+pub mod export;
+pub mod image;
+pub mod plan;
+pub mod snapshot;
+pub mod solver;
+pub mod store;

@@ -3,11 +3,13 @@
 //! Data flows one way: [`dockerfile`] → [`plan`] → [`solver`] (with [`snapshot`], [`store`],
 //! [`context`]) → [`export`].
 
+pub mod cli;
 pub mod context;
 pub mod dockerfile;
 pub mod export;
 pub mod image;
 pub mod plan;
+pub mod progress;
 pub mod snapshot;
 pub mod solver;
 pub mod store;

@@ -1,3 +1,5 @@
 //! The `rbuild` command.
 
-fn main() {}
+fn main() {
+    std::process::exit(rbuild::cli::main_with_args(std::env::args_os().collect()));
+}

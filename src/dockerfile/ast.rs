@@ -90,9 +90,15 @@ pub enum Healthcheck {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Args {
     /// FROM `image` [AS `alias`]: raw words.
-    From { image: String, alias: Option<String> },
+    From {
+        image: String,
+        alias: Option<String>,
+    },
     /// RUN, CMD, ENTRYPOINT, SHELL (SHELL must be exec form; the parser enforces it).
-    Command { command: CommandLine, heredocs: Vec<Heredoc> },
+    Command {
+        command: CommandLine,
+        heredocs: Vec<Heredoc>,
+    },
     /// ENV and LABEL: raw `key`, raw `value` words (quotes kept), in order.
     /// The legacy `ENV key value` form yields one pair whose value is the rest of the line.
     KeyValues(Vec<(String, String)>),
@@ -100,7 +106,11 @@ pub enum Args {
     Arg(Vec<(String, Option<String>)>),
     /// COPY and ADD: raw source words, raw destination word, heredocs named among the sources
     /// (a source `<<EOF` refers to the heredoc `EOF`).
-    Copy { sources: Vec<String>, dest: String, heredocs: Vec<Heredoc> },
+    Copy {
+        sources: Vec<String>,
+        dest: String,
+        heredocs: Vec<Heredoc>,
+    },
     /// EXPOSE, VOLUME: raw words (VOLUME's JSON form is decoded into words).
     Words(Vec<String>),
     /// MAINTAINER, USER, WORKDIR, STOPSIGNAL: the raw rest of the line.

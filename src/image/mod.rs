@@ -1,5 +1,8 @@
 //! A built image as the solver hands it to the exporters: config and layers in the store.
 
+pub mod config;
+pub mod reference;
+
 use crate::store::Digest;
 
 /// Media type of a gzip-compressed OCI layer.

@@ -1,1 +1,419 @@
-//! TODO
+//! Runs a plan: builds the needed stages in order, step by step, turning each filesystem
+//! change into a layer in the store, and assembles the target stage into an image.
+
+pub mod copy;
+pub mod rootfs;
+pub mod users;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::json;
+
+use crate::context::BuildContext;
+use crate::image::config::{History, ImageConfig};
+use crate::image::{BuiltImage, Layer, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST};
+use crate::plan::steps::{expand_stage, ConfigEdit, CopyFrom, StepKind, DEFAULT_PATH};
+use crate::plan::{at_line, with_line, Base, Plan, Platform};
+use crate::progress::Progress;
+use crate::snapshot::{write_layer, EntryKind, LayerEntry, LayerOptions};
+use crate::store::Store;
+use copy::{copy_entries, CopyInputs};
+use rootfs::{read_image_file, resolve_in_root, FileKind, Rootfs};
+use users::resolve_owner;
+
+/// What a build needs besides the plan.
+pub struct BuildInputs<'a> {
+    /// The plan to run.
+    pub plan: &'a Plan,
+    /// The build context.
+    pub context: &'a BuildContext,
+    /// The content store layers are written to.
+    pub store: &'a Store,
+    /// Progress output.
+    pub progress: &'a Progress,
+    /// SOURCE_DATE_EPOCH, if set: the image's `created` and the clamp for file mtimes.
+    pub epoch: Option<i64>,
+    /// `--label`s added to the image config.
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// The result of a build.
+pub struct BuildOutput {
+    /// The image, all of whose blobs are in the store.
+    pub image: BuiltImage,
+    /// `--build-arg`s no ARG consumed.
+    pub unused_build_args: Vec<String>,
+}
+
+/// A built (or building) stage.
+struct StageState {
+    config: ImageConfig,
+    layers: Vec<Layer>,
+    rootfs: Option<Rootfs>,
+}
+
+impl StageState {
+    fn rootfs(&mut self, store: &Store) -> Result<&std::path::Path> {
+        if self.rootfs.is_none() {
+            self.rootfs = Some(Rootfs::new(store)?);
+        }
+        let rootfs = self.rootfs.as_mut().expect("rootfs was just created");
+        rootfs.sync(store, &self.layers)
+    }
+}
+
+/// Builds the plan's target stage and stores the resulting image.
+pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
+    let plan = inp.plan;
+    let now = unix_now();
+    let created = inp.epoch.unwrap_or(now);
+    let scratch = inp.store.temp_dir("build-")?;
+    let scratch = ScratchDir(scratch);
+    let mut states: BTreeMap<usize, StageState> = BTreeMap::new();
+    let mut used_args = BTreeSet::new();
+
+    for &index in &plan.order {
+        let sp = &plan.stages[index];
+        if let Some(p) = &sp.platform {
+            let wanted = Platform::parse(p).map_err(|e| at_line(sp.line, e))?;
+            if !wanted.matches_host() {
+                return Err(at_line(
+                    sp.line,
+                    format!(
+                        "FROM --platform={wanted}: only the host platform ({}) can be built",
+                        Platform::host()
+                    ),
+                ));
+            }
+        }
+        let mut state = match &sp.base {
+            Base::Scratch => StageState {
+                config: scratch_config(&plan.options.platform),
+                layers: Vec::new(),
+                rootfs: None,
+            },
+            Base::Stage(i) => {
+                let base = states
+                    .get(i)
+                    .ok_or_else(|| anyhow!("stage {i} was not built"))?;
+                StageState {
+                    config: base.config.clone(),
+                    layers: base.layers.clone(),
+                    rootfs: None,
+                }
+            }
+            Base::Image(r) => {
+                return Err(at_line(
+                    sp.line,
+                    format!(
+                        "FROM {r}: base images from registries or files are not supported by this build of rbuild yet; use FROM scratch with ADD of a root filesystem tar"
+                    ),
+                ))
+            }
+        };
+        let expanded = expand_stage(plan, index, &state.config)?;
+        used_args.extend(expanded.used_args.iter().cloned());
+        let total = expanded.steps.len();
+        for (n, step) in expanded.steps.iter().enumerate() {
+            let handle = inp.progress.start(format!(
+                "[{} {}/{}] {}",
+                sp.label(),
+                n + 1,
+                total,
+                step.text
+            ));
+            let result = run_step(
+                inp,
+                &mut states,
+                &mut state,
+                &step.kind,
+                scratch.path(),
+                now,
+            )
+            .map_err(|e| with_line(step.line, e));
+            let layer = match result {
+                Ok(layer) => layer,
+                Err(e) => {
+                    inp.progress.failed(handle);
+                    return Err(e);
+                }
+            };
+            state.config.history.push(History {
+                created: Some(rfc3339(created)),
+                created_by: Some(step.text.clone()),
+                comment: Some("rbuild.dockerfile.v0".into()),
+                empty_layer: layer.is_none(),
+            });
+            if let Some(layer) = layer {
+                state.config.rootfs.diff_ids.push(layer.diff_id.to_string());
+                state.layers.push(layer);
+            }
+            inp.progress.done(handle, false);
+        }
+        states.insert(index, state);
+        // Free the filesystems of stages nothing later reads.
+        let later: BTreeSet<usize> = plan
+            .order
+            .iter()
+            .filter(|&&s| s > index)
+            .flat_map(|&s| plan.stages[s].deps.iter().copied())
+            .collect();
+        for (i, st) in states.iter_mut() {
+            if !later.contains(i) && *i != plan.target {
+                st.rootfs = None;
+            }
+        }
+    }
+
+    let target = states
+        .remove(&plan.target)
+        .ok_or_else(|| anyhow!("target stage was not built"))?;
+    let image = assemble(inp, target, created)?;
+    Ok(BuildOutput {
+        image,
+        unused_build_args: plan.unused_build_args(&used_args),
+    })
+}
+
+/// A scratch directory removed (even when read-only trees were unpacked into it) on drop.
+struct ScratchDir(tempfile::TempDir);
+
+impl ScratchDir {
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        rootfs::make_removable(self.0.path());
+    }
+}
+
+/// Runs one step; returns the layer it made, if any.
+fn run_step(
+    inp: &BuildInputs<'_>,
+    states: &mut BTreeMap<usize, StageState>,
+    state: &mut StageState,
+    kind: &StepKind,
+    scratch: &std::path::Path,
+    now: i64,
+) -> Result<Option<Layer>> {
+    let opts = LayerOptions {
+        clamp_mtime: inp.epoch,
+        compression_level: 6,
+    };
+    match kind {
+        StepKind::Config(edit) => {
+            edit.apply(&mut state.config);
+            Ok(None)
+        }
+        StepKind::Workdir(dir) => {
+            ConfigEdit::Workdir(dir.clone()).apply(&mut state.config);
+            let user = state.config.config.user.clone();
+            let root = state.rootfs(inp.store)?;
+            let owner = if user.is_empty() {
+                users::Owner { uid: 0, gid: 0 }
+            } else {
+                resolve_owner(
+                    &user,
+                    read_image_file(root, "/etc/passwd").as_deref(),
+                    read_image_file(root, "/etc/group").as_deref(),
+                )?
+            };
+            let entries = missing_dirs(root, dir, owner, clamp(now, inp.epoch))?;
+            if entries.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(write_layer(inp.store, entries, &opts)?))
+        }
+        StepKind::Copy(c) => {
+            let dest_root = state.rootfs(inp.store)?.to_path_buf();
+            let owner = match &c.chown {
+                Some(spec) => Some(resolve_owner(
+                    spec,
+                    read_image_file(&dest_root, "/etc/passwd").as_deref(),
+                    read_image_file(&dest_root, "/etc/group").as_deref(),
+                )?),
+                None => None,
+            };
+            let stage_view;
+            let (source, preserve_owner) = match &c.from {
+                CopyFrom::Context => (inp.context, None),
+                CopyFrom::Stage(i) => {
+                    let st = states
+                        .get_mut(i)
+                        .ok_or_else(|| anyhow!("stage {i} was not built"))?;
+                    let root = st.rootfs(inp.store)?.to_path_buf();
+                    stage_view = BuildContext::unfiltered(&root)?;
+                    (&stage_view, st.rootfs.as_ref())
+                }
+                CopyFrom::Image(r) => {
+                    return Err(anyhow!(
+                        "COPY --from={r}: copying from an image is not supported by this build of rbuild yet (no stage is named {r:?})"
+                    ))
+                }
+            };
+            let entries = copy_entries(
+                c,
+                &CopyInputs {
+                    source,
+                    preserve_owner,
+                    dest_root: &dest_root,
+                    owner,
+                    now,
+                    epoch: inp.epoch,
+                    scratch,
+                },
+            )?;
+            Ok(Some(write_layer(inp.store, entries, &opts)?))
+        }
+        StepKind::Run(_) => Err(anyhow!(
+            "RUN is not supported yet: this build of rbuild has no sandbox to run commands in"
+        )),
+    }
+}
+
+/// Directory entries for the components of absolute `dir` that do not exist in `root`.
+fn missing_dirs(
+    root: &std::path::Path,
+    dir: &str,
+    owner: users::Owner,
+    mtime: i64,
+) -> Result<Vec<LayerEntry>> {
+    let resolved = resolve_in_root(root, dir, true)?;
+    match resolved.kind {
+        Some(FileKind::Dir) => return Ok(Vec::new()),
+        Some(FileKind::Other) => {
+            return Err(anyhow!(
+                "WORKDIR {dir}: the path exists and is not a directory"
+            ))
+        }
+        None => {}
+    }
+    let mut entries = Vec::new();
+    let mut prefix = String::new();
+    for part in resolved.rel.split('/') {
+        prefix = if prefix.is_empty() {
+            part.to_string()
+        } else {
+            format!("{prefix}/{part}")
+        };
+        if resolve_in_root(root, &format!("/{prefix}"), true)?
+            .kind
+            .is_none()
+        {
+            entries.push(LayerEntry {
+                path: prefix.clone(),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid: owner.uid,
+                gid: owner.gid,
+                mtime,
+                xattrs: Vec::new(),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// The config a `FROM scratch` stage starts with (BuildKit gives it a default PATH).
+fn scratch_config(platform: &Platform) -> ImageConfig {
+    let mut cfg = ImageConfig {
+        architecture: platform.arch.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        ..Default::default()
+    };
+    cfg.config.set_env("PATH", DEFAULT_PATH);
+    cfg
+}
+
+/// Writes the target's config and manifest into the store.
+fn assemble(inp: &BuildInputs<'_>, target: StageState, created: i64) -> Result<BuiltImage> {
+    let mut cfg = target.config;
+    for (k, v) in inp.labels {
+        cfg.config.labels.insert(k.clone(), v.clone());
+    }
+    let platform = &inp.plan.options.platform;
+    cfg.architecture = platform.arch.clone();
+    cfg.os = platform.os.clone();
+    cfg.variant = platform.variant.clone();
+    cfg.created = Some(rfc3339(created));
+    cfg.rootfs.diff_ids = target
+        .layers
+        .iter()
+        .map(|l| l.diff_id.to_string())
+        .collect();
+    let config = serde_json::to_vec(&cfg).context("cannot serialise the image config")?;
+    let config_digest = inp.store.write_blob(&config)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_MANIFEST,
+        "config": {
+            "mediaType": MEDIA_TYPE_CONFIG,
+            "digest": config_digest.to_string(),
+            "size": config.len(),
+        },
+        "layers": target.layers.iter().map(|l| json!({
+            "mediaType": l.media_type,
+            "digest": l.digest.to_string(),
+            "size": l.size,
+        })).collect::<Vec<_>>(),
+    });
+    let manifest = serde_json::to_vec(&manifest)?;
+    let manifest_digest = inp.store.write_blob(&manifest)?;
+    Ok(BuiltImage {
+        manifest_digest,
+        manifest,
+        config_digest,
+        config,
+        layers: target.layers,
+    })
+}
+
+fn clamp(t: i64, epoch: Option<i64>) -> i64 {
+    epoch.map_or(t, |e| t.min(e))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Formats seconds since the epoch as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

@@ -180,7 +180,8 @@ impl Store {
 
     /// Opens blob `digest` for reading.
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
-        File::open(self.blob_path(digest)).with_context(|| format!("blob {digest} is missing from the cache"))
+        File::open(self.blob_path(digest))
+            .with_context(|| format!("blob {digest} is missing from the cache"))
     }
 
     /// Reads a whole (small) blob such as a config or manifest.

@@ -1,0 +1,565 @@
+//! The command line: buildx-compatible flags, output specs, exit codes, error display.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+
+use crate::context::BuildContext;
+use crate::dockerfile::{self, ast::Dockerfile};
+use crate::export::{export, Destination, ExportRequest, OutputKind};
+use crate::image::reference::Reference;
+use crate::plan::{LineError, Plan, PlanOptions, Platform};
+use crate::progress::{Mode, Progress};
+use crate::solver::{build, BuildInputs};
+use crate::store::Store;
+
+/// Exit code of a successful run.
+pub const EXIT_OK: i32 = 0;
+/// Exit code of a failed build.
+pub const EXIT_BUILD_FAILED: i32 = 1;
+/// Exit code of a command-line usage error.
+pub const EXIT_USAGE: i32 = 2;
+
+const EXAMPLES: &str = "\
+Examples:
+  rbuild -f Dockerfile -o type=oci,dest=out.tar .        OCI image layout tarball
+  rbuild build -t app:1.0 -o type=docker,dest=app.tar .  docker-archive for `docker load`
+  rbuild -o type=oci,tar=false,dest=layout/ .             OCI layout directory
+  rbuild -o type=local,dest=rootfs/ --target build .      final filesystem of a stage
+  tar -c . | rbuild -o type=tar,dest=- - > fs.tar         context and output through pipes
+  SOURCE_DATE_EPOCH=0 rbuild -o type=oci,dest=a.tar .     reproducible output";
+
+/// Build an image from a Dockerfile and a context (`rbuild [build] [OPTIONS] CONTEXT`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "rbuild",
+    version,
+    about = "Rootless, daemonless, single-shot container image builder",
+    after_help = EXAMPLES,
+    override_usage = "rbuild [build] [OPTIONS] CONTEXT"
+)]
+pub struct BuildArgs {
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile); `-` reads it from stdin.
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<String>,
+    /// Name and optionally a tag (`name:tag`) for the image; repeatable.
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    pub tags: Vec<String>,
+    /// Output destination: `type=oci|docker|local|tar[,dest=PATH|-][,tar=true|false][,name=NAME]`;
+    /// a bare PATH means `type=local,dest=PATH`, `-` means `type=tar,dest=-`. Repeatable.
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+    /// Build-time variable `KEY=VALUE`, or `KEY` to take the value from the environment.
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    pub build_args: Vec<String>,
+    /// Build this stage (and what it needs) instead of the last one.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Metadata label `KEY=VALUE` for the image; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Do not reuse cached steps.
+    #[arg(long = "no-cache")]
+    pub no_cache: bool,
+    /// Cache directory (default: $XDG_CACHE_HOME/rbuild or ~/.cache/rbuild).
+    #[arg(long = "cache-dir", value_name = "DIR", env = "RBUILD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Progress output: auto, plain, tty or quiet.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub progress: String,
+    /// Write the image id (config digest) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Write build result metadata (JSON) to this file.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Target platform; only the host platform can be built.
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// Print only the image id on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// The build context: a directory, or `-` for a tar stream on stdin.
+    #[arg(value_name = "CONTEXT")]
+    pub context: String,
+}
+
+/// Entry point: parses `argv`, runs, and returns the process exit code.
+pub fn main_with_args(mut argv: Vec<OsString>) -> i32 {
+    if argv.get(1).is_some_and(|a| a == "build") {
+        argv.remove(1);
+    }
+    let args = match BuildArgs::try_parse_from(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    match run(&args) {
+        Ok(()) => EXIT_OK,
+        Err(Failure::Usage(e)) => {
+            eprintln!("error: {e:#}");
+            EXIT_USAGE
+        }
+        Err(Failure::Build(e, file, source)) => {
+            print_build_error(&e, &file, source.as_deref());
+            EXIT_BUILD_FAILED
+        }
+    }
+}
+
+/// Why a run failed: bad usage (exit 2) or a failed build (exit 1), with the Dockerfile's
+/// display name and text for pointing at lines.
+enum Failure {
+    Usage(anyhow::Error),
+    Build(anyhow::Error, String, Option<Vec<u8>>),
+}
+
+fn usage(e: anyhow::Error) -> Failure {
+    Failure::Usage(e)
+}
+
+fn print_build_error(e: &anyhow::Error, file: &str, source: Option<&[u8]>) {
+    if let Some(le) = e.downcast_ref::<LineError>() {
+        eprintln!("error: {file}:{}: {}", le.line, le.message);
+        if let Some(text) = source.and_then(|s| std::str::from_utf8(s).ok()) {
+            if let Some(l) = text.lines().nth(le.line.saturating_sub(1)) {
+                eprintln!("  {:>4} | {l}", le.line);
+            }
+        }
+    } else {
+        eprintln!("error: {e:#}");
+    }
+}
+
+/// One parsed `-o` value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSpec {
+    /// The exporter.
+    pub kind: OutputKind,
+    /// Where it writes.
+    pub dest: Destination,
+    /// `name=` values.
+    pub names: Vec<String>,
+}
+
+/// Parses a buildx-style `-o` value.
+pub fn parse_output(spec: &str) -> Result<OutputSpec> {
+    if spec == "-" {
+        return Ok(OutputSpec {
+            kind: OutputKind::Tar,
+            dest: Destination::Stdout,
+            names: Vec::new(),
+        });
+    }
+    if !spec.contains('=') {
+        return Ok(OutputSpec {
+            kind: OutputKind::Local,
+            dest: Destination::Path(PathBuf::from(spec)),
+            names: Vec::new(),
+        });
+    }
+    let mut fields = BTreeMap::new();
+    let mut names = Vec::new();
+    for part in spec.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow!("invalid output {spec:?}: {part:?} is not key=value"))?;
+        let k = k.trim().to_lowercase();
+        if k == "name" {
+            names.push(v.to_string());
+        } else if fields.insert(k.clone(), v.to_string()).is_some() {
+            bail!("invalid output {spec:?}: {k} given twice");
+        }
+    }
+    let ty = fields
+        .remove("type")
+        .ok_or_else(|| anyhow!("invalid output {spec:?}: type= is required"))?;
+    let tar = match fields.remove("tar").as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => bail!("invalid output {spec:?}: tar={v} (expected true or false)"),
+    };
+    let kind = match ty.as_str() {
+        "oci" => OutputKind::Oci { tar },
+        "docker" => OutputKind::Docker,
+        "local" => OutputKind::Local,
+        "tar" => OutputKind::Tar,
+        "image" | "registry" => bail!(
+            "output type {ty:?} (pushing to a registry) is not supported by this build of rbuild yet"
+        ),
+        other => bail!("unknown output type {other:?}: expected oci, docker, local or tar"),
+    };
+    if !tar && !matches!(kind, OutputKind::Oci { .. }) {
+        bail!("invalid output {spec:?}: tar=false applies to type=oci only");
+    }
+    let dest = match fields.remove("dest").as_deref() {
+        None | Some("") => bail!("invalid output {spec:?}: dest= is required"),
+        Some("-") => {
+            if matches!(kind, OutputKind::Local | OutputKind::Oci { tar: false }) {
+                bail!("invalid output {spec:?}: a directory output cannot go to stdout");
+            }
+            Destination::Stdout
+        }
+        Some(p) => Destination::Path(PathBuf::from(p)),
+    };
+    if let Some(k) = fields.keys().next() {
+        bail!("invalid output {spec:?}: unknown attribute {k:?}");
+    }
+    Ok(OutputSpec { kind, dest, names })
+}
+
+/// Resolves `--build-arg` values (`K` alone takes the value from the environment; unset
+/// variables are skipped as docker does).
+fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in raw {
+        match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            Some(_) => bail!("invalid --build-arg {a:?}: empty name"),
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    out.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    raw.iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(anyhow!("invalid --label {l:?}: expected KEY=VALUE")),
+        })
+        .collect()
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("rbuild");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".cache/rbuild");
+    }
+    std::env::temp_dir().join("rbuild-cache")
+}
+
+/// Fails early when an output's destination cannot be written.
+fn check_dest(dest: &Destination) -> Result<()> {
+    let Destination::Path(p) = dest else {
+        return Ok(());
+    };
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "cannot write {}: directory {} does not exist",
+            p.display(),
+            parent.display()
+        );
+    }
+    nix::unistd::access(&parent, nix::unistd::AccessFlags::W_OK).map_err(|_| {
+        anyhow!(
+            "cannot write {}: directory {} is not writable",
+            p.display(),
+            parent.display()
+        )
+    })?;
+    Ok(())
+}
+
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        _ => Ok(None),
+    }
+}
+
+fn run(args: &BuildArgs) -> Result<(), Failure> {
+    // Everything that can be a usage error is checked before any work.
+    let mut outputs = Vec::new();
+    for o in &args.outputs {
+        outputs.push(parse_output(o).map_err(usage)?);
+    }
+    for name in args
+        .tags
+        .iter()
+        .chain(outputs.iter().flat_map(|o| o.names.iter()))
+    {
+        Reference::parse(name).map_err(usage)?;
+    }
+    let stdout_outputs = outputs
+        .iter()
+        .filter(|o| o.dest == Destination::Stdout)
+        .count();
+    if stdout_outputs > 1 || (stdout_outputs == 1 && args.quiet) {
+        return Err(usage(anyhow!(
+            "only one output can go to stdout, and not with -q"
+        )));
+    }
+    if stdout_outputs == 1 && std::io::stdout().is_terminal() {
+        return Err(usage(anyhow!(
+            "refusing to write an archive to a terminal: redirect stdout or give dest=PATH"
+        )));
+    }
+    let platform = match &args.platform {
+        None => Platform::host(),
+        Some(p) => {
+            let p = Platform::parse(p).map_err(usage)?;
+            if !p.matches_host() {
+                return Err(usage(anyhow!(
+                    "--platform={p}: only the host platform ({}) can be built; emulation is not supported",
+                    Platform::host()
+                )));
+            }
+            p
+        }
+    };
+    let mode = if args.quiet {
+        Mode::Quiet
+    } else {
+        Mode::parse(&args.progress).ok_or_else(|| {
+            usage(anyhow!(
+                "invalid --progress {:?}: expected auto, plain, tty or quiet",
+                args.progress
+            ))
+        })?
+    };
+    if args.context == "-" && args.file.as_deref() == Some("-") {
+        return Err(usage(anyhow!(
+            "the context and the Dockerfile cannot both be read from stdin"
+        )));
+    }
+    let build_args = parse_build_args(&args.build_args).map_err(usage)?;
+    let labels = parse_labels(&args.labels).map_err(usage)?;
+    let epoch = source_date_epoch().map_err(usage)?;
+    let build_failed = |e: anyhow::Error| Failure::Build(e, "Dockerfile".into(), None);
+    for o in &outputs {
+        check_dest(&o.dest).map_err(build_failed)?;
+    }
+
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let store = Store::open(&cache_dir).map_err(build_failed)?;
+    let progress = Progress::new(mode);
+
+    // Context and Dockerfile.
+    let (context, df_name, df_bytes) = load_inputs(args, &store).map_err(build_failed)?;
+    let fail = |e: anyhow::Error| Failure::Build(e, df_name.clone(), Some(df_bytes.clone()));
+    let df: Dockerfile = dockerfile::parse(&df_bytes).map_err(|e| {
+        fail(if e.line > 0 {
+            anyhow::Error::new(LineError {
+                line: e.line,
+                message: e.message.clone(),
+            })
+        } else {
+            anyhow!("{df_name}: {}", e.message)
+        })
+    })?;
+    let plan = Plan::new(
+        &df,
+        PlanOptions {
+            build_args,
+            target: args.target.clone(),
+            platform,
+        },
+    )
+    .map_err(fail)?;
+    let output = build(&BuildInputs {
+        plan: &plan,
+        context: &context,
+        store: &store,
+        progress: &progress,
+        epoch,
+        labels: &labels,
+    })
+    .map_err(fail)?;
+    if !output.unused_build_args.is_empty() {
+        progress.note(&format!(
+            "warning: build-args not consumed by any ARG: {}",
+            output.unused_build_args.join(", ")
+        ));
+    }
+    let image = &output.image;
+    if outputs.is_empty() {
+        progress.note("warning: no output specified (-o); the result stays in the cache only");
+    }
+    for o in &outputs {
+        let mut names = args.tags.clone();
+        names.extend(o.names.iter().cloned());
+        let handle = progress.start(format!("exporting to {}", describe(o)));
+        let req = ExportRequest {
+            kind: o.kind.clone(),
+            dest: o.dest.clone(),
+            names,
+        };
+        if let Err(e) = export(&store, image, &req, epoch) {
+            progress.failed(handle);
+            return Err(build_failed(e));
+        }
+        progress.done(handle, false);
+    }
+    let image_id = format!("{}", image.config_digest);
+    if let Some(f) = &args.iidfile {
+        write_atomic(f, image_id.as_bytes()).map_err(build_failed)?;
+    }
+    if let Some(f) = &args.metadata_file {
+        let meta = serde_json::json!({
+            "containerimage.digest": image.manifest_digest.to_string(),
+            "containerimage.config.digest": image.config_digest.to_string(),
+            "containerimage.descriptor": {
+                "mediaType": crate::image::MEDIA_TYPE_MANIFEST,
+                "digest": image.manifest_digest.to_string(),
+                "size": image.manifest.len(),
+            },
+            "image.name": args.tags.join(","),
+            "rbuild.base-images": serde_json::Value::Array(Vec::new()),
+        });
+        let text = serde_json::to_vec_pretty(&meta).map_err(|e| build_failed(e.into()))?;
+        write_atomic(f, &text).map_err(build_failed)?;
+    }
+    if args.quiet {
+        println!("{image_id}");
+    } else {
+        progress.note(&format!(
+            "built {image_id} in {:.1}s",
+            progress.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(())
+}
+
+fn describe(o: &OutputSpec) -> String {
+    let kind = match o.kind {
+        OutputKind::Oci { tar: true } => "oci",
+        OutputKind::Oci { tar: false } => "oci directory",
+        OutputKind::Docker => "docker-archive",
+        OutputKind::Local => "local directory",
+        OutputKind::Tar => "tar",
+    };
+    match &o.dest {
+        Destination::Stdout => format!("{kind} on stdout"),
+        Destination::Path(p) => format!("{kind} {}", p.display()),
+    }
+}
+
+/// Reads the context and the Dockerfile named by the arguments.
+fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String, Vec<u8>)> {
+    if args.context == "-" {
+        let ctx = BuildContext::from_tar(
+            std::io::stdin().lock(),
+            &store.root().join("tmp"),
+            args.file.as_deref(),
+        )
+        .context("cannot read the build context from stdin")?;
+        let name = args.file.clone().unwrap_or_else(|| "Dockerfile".into());
+        // Resolved like a COPY source: a symlinked Dockerfile cannot lead outside.
+        let found = ctx
+            .resolve(&name)
+            .with_context(|| format!("cannot read {name} from the context on stdin"))?;
+        let path = match found.as_slice() {
+            [m] if m.kind == crate::context::EntryKind::File => m.host_path.clone(),
+            _ => bail!("{name} in the context on stdin is not a regular file"),
+        };
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read {name} from the context on stdin"))?;
+        return Ok((ctx, name, bytes));
+    }
+    let dir = Path::new(&args.context);
+    if !dir.is_dir() {
+        bail!("context {:?} is not a directory", args.context);
+    }
+    match args.file.as_deref() {
+        Some("-") => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("cannot read the Dockerfile from stdin")?;
+            Ok((
+                BuildContext::from_dir(dir, None)?,
+                "Dockerfile".into(),
+                bytes,
+            ))
+        }
+        file => {
+            let path = match file {
+                Some(f) => PathBuf::from(f),
+                None => dir.join("Dockerfile"),
+            };
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("cannot read Dockerfile {}", path.display()))?;
+            let name = file.unwrap_or("Dockerfile").to_string();
+            Ok((BuildContext::from_dir(dir, Some(&path))?, name, bytes))
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_specs() {
+        let o = parse_output("type=oci,dest=out.tar").unwrap();
+        assert_eq!(o.kind, OutputKind::Oci { tar: true });
+        let o = parse_output("type=oci,tar=false,dest=d,name=a:1").unwrap();
+        assert_eq!(o.kind, OutputKind::Oci { tar: false });
+        assert_eq!(o.names, vec!["a:1"]);
+        assert_eq!(parse_output("-").unwrap().dest, Destination::Stdout);
+        assert_eq!(parse_output("outdir").unwrap().kind, OutputKind::Local);
+        for bad in [
+            "type=zip,dest=x",
+            "dest=x",
+            "type=oci",
+            "type=oci,dest=x,bogus=1",
+            "type=local,dest=-",
+            "type=docker,tar=false,dest=x",
+            "type=oci,tar=maybe,dest=x",
+        ] {
+            assert!(parse_output(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn build_args_from_env() {
+        std::env::set_var("RBUILD_TEST_ARG", "v");
+        let a = parse_build_args(&[
+            "RBUILD_TEST_ARG".into(),
+            "X=1".into(),
+            "UNSET_RBUILD_ARG".into(),
+        ])
+        .unwrap();
+        assert_eq!(a.get("RBUILD_TEST_ARG").map(String::as_str), Some("v"));
+        assert_eq!(a.get("X").map(String::as_str), Some("1"));
+        assert!(!a.contains_key("UNSET_RBUILD_ARG"));
+        assert!(parse_build_args(&["=x".into()]).is_err());
+    }
+}

@@ -1,0 +1,608 @@
+//! Applying a layer (or an archive ADD extracts) onto a root directory, safely.
+//!
+//! Nothing is ever written outside the root: entries with absolute paths or `..`
+//! components are refused, and so is any entry that would be written through a symlink
+//! or hard link pointing outside the root. OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`)
+//! delete what lower layers put there.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+
+/// How a layer is applied.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Give files the owners the layer records (needs privileges; otherwise files belong
+    /// to the caller).
+    pub set_owners: bool,
+    /// Treat `.wh.` entries as OCI whiteouts (true for image layers, false for ADD).
+    pub whiteouts: bool,
+}
+
+/// Applies the tar stream `layer` onto `root`. `label` names the layer in errors (a digest
+/// or an archive name).
+pub fn apply_layer(layer: impl Read, root: &Path, label: &str, opts: &ApplyOptions) -> Result<()> {
+    let mut applier = Applier {
+        root,
+        opts,
+        privileged: nix::unistd::geteuid().is_root(),
+        created: HashSet::new(),
+        deferred_dirs: Vec::new(),
+    };
+    let result = applier.run(layer, label);
+    // Directory modes and times are set last (children change a directory's mtime, and a
+    // read-only directory could not receive its children), deepest first.
+    let finish = applier.finish_dirs();
+    result?;
+    finish.with_context(|| format!("layer {label}: cannot set directory metadata"))
+}
+
+struct Applier<'a> {
+    root: &'a Path,
+    opts: &'a ApplyOptions,
+    privileged: bool,
+    /// Paths this layer wrote (an opaque marker hides only what lower layers wrote).
+    created: HashSet<PathBuf>,
+    /// Directories whose mode and mtime are set at the end.
+    deferred_dirs: Vec<(PathBuf, u32, i64)>,
+}
+
+impl Applier<'_> {
+    fn run(&mut self, layer: impl Read, label: &str) -> Result<()> {
+        let mut archive = tar::Archive::new(layer);
+        let entries = archive
+            .entries()
+            .with_context(|| format!("layer {label}: not a tar archive"))?;
+        for entry in entries {
+            let mut entry = entry.with_context(|| format!("layer {label}: corrupt tar stream"))?;
+            let raw = entry.path_bytes().into_owned();
+            let shown = String::from_utf8_lossy(&raw).into_owned();
+            self.apply_entry(&mut entry, &raw)
+                .with_context(|| format!("layer {label}: entry {shown:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
+        let Some(rel) = clean_entry_path(raw)? else {
+            return Ok(()); // the root itself
+        };
+        let name = rel
+            .file_name()
+            .ok_or_else(|| anyhow!("entry has no file name"))?
+            .to_os_string();
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let name_bytes = name.as_bytes();
+
+        if self.opts.whiteouts && name_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            let Some(parent) = self.resolve_dir(parent_rel, false)? else {
+                return Ok(()); // nothing below to hide
+            };
+            if name_bytes == OPAQUE_MARKER.as_bytes() {
+                for child in fs::read_dir(&parent)? {
+                    let child = child?;
+                    if !self.created.contains(&parent_rel.join(child.file_name())) {
+                        remove_all(&child.path())?;
+                    }
+                }
+            } else {
+                let gone = OsStr::from_bytes(&name_bytes[WHITEOUT_PREFIX.len()..]);
+                let target = parent.join(gone);
+                if target.symlink_metadata().is_ok() {
+                    remove_all(&target)?;
+                }
+            }
+            return Ok(());
+        }
+
+        let parent = self
+            .resolve_dir(parent_rel, true)?
+            .ok_or_else(|| anyhow!("cannot create the parent directory"))?;
+        let host = parent.join(&name);
+        let header = entry.header();
+        let mode = header.mode()? & 0o7777;
+        let uid = header.uid()?;
+        let gid = header.gid()?;
+        let mtime = header.mtime()? as i64;
+        let kind = header.entry_type();
+        let existing = host.symlink_metadata().ok();
+
+        match kind {
+            tar::EntryType::Directory => {
+                match &existing {
+                    Some(m) if m.is_dir() => {}
+                    Some(_) => {
+                        remove_all(&host)?;
+                        fs::create_dir(&host)?;
+                    }
+                    None => fs::create_dir(&host)?,
+                }
+                // Writable and searchable until the end of the layer.
+                fs::set_permissions(&host, fs::Permissions::from_mode(0o700 | mode))?;
+                self.deferred_dirs.push((host.clone(), mode, mtime));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if existing.is_some() {
+                    remove_all(&host)?;
+                }
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&host)?;
+                io::copy(entry, &mut f)?;
+                drop(f);
+                self.set_meta(&host, uid, gid, Some(mode), mtime)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| anyhow!("symlink without a target"))?
+                    .into_owned();
+                if existing.is_some() {
+                    remove_all(&host)?;
+                }
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &host)?;
+                self.set_meta(&host, uid, gid, None, mtime)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| anyhow!("hard link without a target"))?
+                    .into_owned();
+                let target_rel = clean_entry_path(&target)?
+                    .ok_or_else(|| anyhow!("hard link to the root directory"))?;
+                let source = self.resolve_link_target(&target_rel)?;
+                if existing.is_some() {
+                    if same_file(&source, &host) {
+                        return Ok(());
+                    }
+                    remove_all(&host)?;
+                }
+                fs::hard_link(&source, &host).with_context(|| {
+                    format!("cannot link to {}", String::from_utf8_lossy(&target))
+                })?;
+            }
+            tar::EntryType::Fifo => {
+                if existing.is_some() {
+                    remove_all(&host)?;
+                }
+                nix::unistd::mkfifo(&host, nix::sys::stat::Mode::from_bits_truncate(mode))?;
+                self.set_meta(&host, uid, gid, Some(mode), mtime)?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                let major = header.device_major()?.unwrap_or(0);
+                let minor = header.device_minor()?.unwrap_or(0);
+                if existing.is_some() {
+                    remove_all(&host)?;
+                }
+                let sflag = if kind == tar::EntryType::Char {
+                    nix::sys::stat::SFlag::S_IFCHR
+                } else {
+                    nix::sys::stat::SFlag::S_IFBLK
+                };
+                let made = nix::sys::stat::mknod(
+                    &host,
+                    sflag,
+                    nix::sys::stat::Mode::from_bits_truncate(mode),
+                    nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+                );
+                match made {
+                    Ok(()) => self.set_meta(&host, uid, gid, Some(mode), mtime)?,
+                    // Device nodes cannot be made without privileges (as in rootless
+                    // Docker, they are left out of the unpacked tree).
+                    Err(nix::errno::Errno::EPERM) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // Metadata records the tar crate already folded into the next entry, and
+            // types with no filesystem meaning.
+            _ => return Ok(()),
+        }
+        self.set_xattrs(entry, &host)?;
+        self.created.insert(rel);
+        Ok(())
+    }
+
+    /// Resolves a directory path of the layer inside the root, following symlinks that
+    /// stay inside it and refusing those that point out. With `create`, missing
+    /// directories are made (mode 0755).
+    fn resolve_dir(&mut self, rel: &Path, create: bool) -> Result<Option<PathBuf>> {
+        let mut todo: Vec<PathBuf> = rel
+            .components()
+            .rev()
+            .map(|c| PathBuf::from(c.as_os_str()))
+            .collect();
+        let mut done = PathBuf::new();
+        let mut hops = 0;
+        while let Some(c) = todo.pop() {
+            if c.as_os_str() == ".." {
+                if !done.pop() {
+                    bail!("a symlink on the way leads outside the root");
+                }
+                continue;
+            }
+            if c.as_os_str() == "." {
+                continue;
+            }
+            let host = self.root.join(&done).join(&c);
+            match host.symlink_metadata() {
+                Ok(m) if m.is_dir() => {
+                    if !self.privileged && m.mode() & 0o300 != 0o300 {
+                        // Unprivileged: a read-only directory of a lower layer must still
+                        // take this layer's entries; its mode is restored at the end.
+                        fs::set_permissions(&host, fs::Permissions::from_mode(m.mode() | 0o700))?;
+                        self.deferred_dirs
+                            .push((host.clone(), m.mode() & 0o7777, m.mtime()));
+                    }
+                    done.push(&c);
+                }
+                Ok(m) if m.file_type().is_symlink() => {
+                    hops += 1;
+                    if hops > 255 {
+                        bail!("too many levels of symbolic links");
+                    }
+                    let target = fs::read_link(&host)?;
+                    if target.is_absolute() {
+                        bail!(
+                            "{} is a symlink to {} outside the root; refusing to write through it",
+                            done.join(&c).display(),
+                            target.display()
+                        );
+                    }
+                    for t in target.components().rev() {
+                        todo.push(PathBuf::from(t.as_os_str()));
+                    }
+                }
+                Ok(_) => bail!("{} is not a directory", done.join(&c).display()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !create {
+                        return Ok(None);
+                    }
+                    fs::create_dir(&host)?;
+                    done.push(&c);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(self.root.join(done)))
+    }
+
+    /// Where a hard link's target is: its parent resolved like any directory, the last
+    /// component not followed. The target must exist and not be a directory.
+    fn resolve_link_target(&mut self, rel: &Path) -> Result<PathBuf> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let dir = self
+            .resolve_dir(parent, false)?
+            .ok_or_else(|| anyhow!("hard link target {} does not exist", rel.display()))?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| anyhow!("hard link target has no name"))?;
+        let path = dir.join(name);
+        match path.symlink_metadata() {
+            Ok(m) if m.is_dir() => bail!("hard link to directory {}", rel.display()),
+            Ok(_) => Ok(path),
+            Err(_) => bail!("hard link target {} does not exist", rel.display()),
+        }
+    }
+
+    fn set_meta(
+        &self,
+        host: &Path,
+        uid: u64,
+        gid: u64,
+        mode: Option<u32>,
+        mtime: i64,
+    ) -> Result<()> {
+        if self.opts.set_owners && self.privileged {
+            std::os::unix::fs::lchown(host, Some(uid as u32), Some(gid as u32))?;
+        }
+        if let Some(mode) = mode {
+            // After chown, which clears setuid/setgid.
+            fs::set_permissions(host, fs::Permissions::from_mode(mode))?;
+        }
+        let t = filetime::FileTime::from_unix_time(mtime, 0);
+        filetime::set_symlink_file_times(host, t, t)?;
+        Ok(())
+    }
+
+    fn set_xattrs<R: Read>(&self, entry: &mut tar::Entry<'_, R>, host: &Path) -> Result<()> {
+        let Some(exts) = entry.pax_extensions()? else {
+            return Ok(());
+        };
+        for ext in exts {
+            let ext = ext?;
+            let Ok(key) = ext.key() else { continue };
+            let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
+                continue;
+            };
+            let cname = std::ffi::CString::new(name)?;
+            let cpath = std::ffi::CString::new(host.as_os_str().as_bytes())?;
+            let value = ext.value_bytes();
+            // SAFETY: both strings are NUL-terminated and the value pointer/len pair is valid.
+            let rc = unsafe {
+                libc::lsetxattr(
+                    cpath.as_ptr(),
+                    cname.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            };
+            if rc != 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    // Namespaces this process may not set (trusted.*, security.* without
+                    // privileges) or the filesystem does not support: skipped, as
+                    // rootless runtimes do.
+                    Some(libc::EPERM | libc::ENOTSUP | libc::EACCES) => {}
+                    _ => return Err(err).with_context(|| format!("cannot set xattr {name}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_dirs(&mut self) -> Result<()> {
+        let mut dirs = std::mem::take(&mut self.deferred_dirs);
+        dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
+        for (path, mode, mtime) in dirs {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+            let t = filetime::FileTime::from_unix_time(mtime, 0);
+            filetime::set_symlink_file_times(&path, t, t)?;
+        }
+        Ok(())
+    }
+}
+
+/// The entry's path relative to the root, or `None` for the root itself. Absolute paths
+/// and `..` components are refused.
+fn clean_entry_path(raw: &[u8]) -> Result<Option<PathBuf>> {
+    let path = Path::new(OsStr::from_bytes(raw));
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                bail!("absolute path in archive; refusing to write outside the root")
+            }
+            Component::ParentDir => {
+                bail!("path contains \"..\"; refusing to write outside the root")
+            }
+        }
+    }
+    Ok((!out.as_os_str().is_empty()).then_some(out))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.symlink_metadata(), b.symlink_metadata()) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Removes a file or a whole tree, making unprivileged read-only directories writable
+/// first.
+fn remove_all(path: &Path) -> Result<()> {
+    let meta = path.symlink_metadata()?;
+    if !meta.is_dir() {
+        return fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()));
+    }
+    if fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    for e in walkdir::WalkDir::new(path).into_iter().flatten() {
+        if e.file_type().is_dir() {
+            let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o700));
+        }
+    }
+    fs::remove_dir_all(path).with_context(|| format!("cannot remove {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tar_writer::{TarHeader, TarKind, TarWriter};
+
+    fn h(path: &str, kind: TarKind) -> TarHeader {
+        TarHeader {
+            path: path.into(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 1_600_000_000,
+            xattrs: Vec::new(),
+        }
+    }
+
+    fn tar_of(entries: &[(TarHeader, &[u8])]) -> Vec<u8> {
+        let mut w = TarWriter::new(Vec::new());
+        for (hd, data) in entries {
+            w.append(hd, &mut &data[..]).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn file(path: &str, data: &'static [u8]) -> (TarHeader, &'static [u8]) {
+        let mut hd = h(
+            path,
+            TarKind::File {
+                size: data.len() as u64,
+            },
+        );
+        hd.mode = 0o644;
+        (hd, data)
+    }
+
+    const LAYER: ApplyOptions = ApplyOptions {
+        set_owners: false,
+        whiteouts: true,
+    };
+
+    #[test]
+    fn applies_whiteouts_and_opaque_dirs() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let lower = tar_of(&[
+            (h("a", TarKind::Dir), b""),
+            file("a/keep", b"k"),
+            file("a/gone", b"g"),
+            (h("o", TarKind::Dir), b""),
+            file("o/old", b"o"),
+            (h("ro", TarKind::Dir), b""),
+        ]);
+        apply_layer(&lower[..], root, "lower", &LAYER).unwrap();
+        let mtime = fs::metadata(root.join("a")).unwrap().mtime();
+        assert_eq!(mtime, 1_600_000_000);
+        let upper = tar_of(&[
+            file("a/.wh.gone", b""),
+            (h("o", TarKind::Dir), b""),
+            file("o/new", b"n"),
+            file("o/.wh..wh..opq", b""),
+            file("a/keep", b"K"),
+        ]);
+        apply_layer(&upper[..], root, "upper", &LAYER).unwrap();
+        assert_eq!(fs::read(root.join("a/keep")).unwrap(), b"K");
+        assert!(!root.join("a/gone").exists());
+        assert!(!root.join("o/old").exists());
+        assert_eq!(fs::read(root.join("o/new")).unwrap(), b"n");
+        assert!(!root.join("o/.wh..wh..opq").exists());
+    }
+
+    #[test]
+    fn without_whiteouts_wh_files_are_plain_files() {
+        let t = tempfile::tempdir().unwrap();
+        let opts = ApplyOptions {
+            set_owners: false,
+            whiteouts: false,
+        };
+        apply_layer(&tar_of(&[file(".wh.x", b"x")])[..], t.path(), "a", &opts).unwrap();
+        assert!(t.path().join(".wh.x").is_file());
+    }
+
+    #[test]
+    fn read_only_dirs_still_receive_children_and_keep_their_mode() {
+        let t = tempfile::tempdir().unwrap();
+        let mut ro = h("ro", TarKind::Dir);
+        ro.mode = 0o555;
+        apply_layer(
+            &tar_of(&[(ro.clone(), b""), file("ro/f", b"1")])[..],
+            t.path(),
+            "l1",
+            &LAYER,
+        )
+        .unwrap();
+        apply_layer(&tar_of(&[file("ro/g", b"2")])[..], t.path(), "l2", &LAYER).unwrap();
+        assert!(t.path().join("ro/g").is_file());
+        let mode = fs::metadata(t.path().join("ro")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o555);
+        fs::set_permissions(t.path().join("ro"), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A layer header with a raw name the safe writer would never produce.
+    fn raw_tar(name: &[u8], kind: tar::EntryType, link: Option<&[u8]>, data: &[u8]) -> Vec<u8> {
+        let mut hd = tar::Header::new_gnu();
+        hd.as_old_mut().name[..name.len()].copy_from_slice(name);
+        hd.set_entry_type(kind);
+        hd.set_size(data.len() as u64);
+        hd.set_mode(0o644);
+        if let Some(l) = link {
+            hd.as_old_mut().linkname[..l.len()].copy_from_slice(l);
+        }
+        hd.set_cksum();
+        let mut out = hd.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    #[test]
+    fn malicious_layers_are_refused_without_writing_outside() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let victim = outer.path().join("victim");
+        fs::write(&victim, b"original").unwrap();
+
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "traversal",
+                raw_tar(b"../victim", tar::EntryType::Regular, None, b"pwned"),
+            ),
+            ("absolute", {
+                let p = format!("{}", victim.display());
+                raw_tar(p.as_bytes(), tar::EntryType::Regular, None, b"pwned")
+            }),
+            ("symlink-then-write", {
+                let target = outer.path().display().to_string();
+                let mut t = raw_tar(
+                    b"link",
+                    tar::EntryType::Symlink,
+                    Some(target.as_bytes()),
+                    b"",
+                );
+                t.extend(raw_tar(
+                    b"link/victim",
+                    tar::EntryType::Regular,
+                    None,
+                    b"pwned",
+                ));
+                t
+            }),
+            ("relative-symlink-escape", {
+                let mut t = raw_tar(b"up", tar::EntryType::Symlink, Some(b".."), b"");
+                t.extend(raw_tar(
+                    b"up/victim",
+                    tar::EntryType::Regular,
+                    None,
+                    b"pwned",
+                ));
+                t
+            }),
+            ("hardlink-outside", {
+                let target = victim.display().to_string();
+                raw_tar(b"hl", tar::EntryType::Link, Some(target.as_bytes()), b"")
+            }),
+            (
+                "hardlink-traversal",
+                raw_tar(b"hl2", tar::EntryType::Link, Some(b"../victim"), b""),
+            ),
+        ];
+        for (name, layer) in cases {
+            let err = apply_layer(&layer[..], &root, "sha256:bad", &LAYER)
+                .expect_err(&format!("{name} must be refused"));
+            let msg = format!("{err:#}");
+            assert!(msg.contains("sha256:bad"), "{name}: {msg}");
+            assert_eq!(fs::read(&victim).unwrap(), b"original", "{name}");
+            assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn hard_links_and_symlinks_inside_are_made() {
+        let t = tempfile::tempdir().unwrap();
+        let layer = tar_of(&[
+            (h("d", TarKind::Dir), b""),
+            file("d/f", b"data"),
+            (h("d/hl", TarKind::Hardlink("d/f".into())), b""),
+            (h("d/sl", TarKind::Symlink("f".into())), b""),
+        ]);
+        apply_layer(&layer[..], t.path(), "l", &LAYER).unwrap();
+        assert!(same_file(&t.path().join("d/f"), &t.path().join("d/hl")));
+        assert_eq!(
+            fs::read_link(t.path().join("d/sl")).unwrap(),
+            Path::new("f")
+        );
+    }
+}

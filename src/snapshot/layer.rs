@@ -1,0 +1,337 @@
+//! Writing a layer: entries → deterministic tar → gzip → store, in one streaming pass.
+//!
+//! The tar is produced on the calling thread and compressed on a second one (as
+//! `tar | gzip` would), through a bounded channel of 1 MiB chunks: memory stays bounded
+//! whatever the layer's size. The uncompressed bytes are hashed for the diff id and the
+//! compressed bytes for the blob digest on the way.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+use anyhow::{anyhow, Context, Result};
+
+use super::tar_writer::{TarHeader, TarKind, TarWriter};
+use super::{Content, EntryKind, LayerEntry};
+use crate::image::{Layer, MEDIA_TYPE_LAYER_GZIP};
+use crate::store::{HashingWriter, Store};
+
+/// How a layer is written.
+#[derive(Debug, Clone)]
+pub struct LayerOptions {
+    /// SOURCE_DATE_EPOCH: no entry gets a later mtime.
+    pub clamp_mtime: Option<i64>,
+    /// gzip level, 0–9.
+    pub compression_level: u32,
+}
+
+const CHUNK: usize = 1 << 20;
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Writes `entries` as one gzip-compressed layer blob into the store. Entries are sorted by
+/// path (the last entry for a path wins); regular files that are hard links of one another
+/// on disk become hard links in the layer.
+pub fn write_layer(store: &Store, entries: Vec<LayerEntry>, opts: &LayerOptions) -> Result<Layer> {
+    let entries = sorted_unique(entries);
+    let tmp = store.temp_file()?;
+    let file = tmp.reopen().context("cannot reopen a temporary file")?;
+    let level = opts.compression_level.min(9);
+    let (tx, rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let compressor = std::thread::Builder::new()
+        .name("gzip".into())
+        .spawn(move || compress(rx, file, level))
+        .context("cannot start the compression thread")?;
+
+    let produced = produce_tar(&entries, opts, tx);
+    let compressed = compressor
+        .join()
+        .map_err(|_| anyhow!("the compression thread failed"))?;
+    // A failure to compress (disk full) is the root cause of a failure to produce.
+    let (digest, size) = compressed.context("cannot write a layer to the cache")?;
+    let (diff_id, _) = produced?;
+    store.commit_blob(tmp, &digest)?;
+    Ok(Layer {
+        digest,
+        diff_id,
+        size,
+        media_type: MEDIA_TYPE_LAYER_GZIP.to_string(),
+    })
+}
+
+fn sorted_unique(mut entries: Vec<LayerEntry>) -> Vec<LayerEntry> {
+    // Stable sort, then keep the last of each run of equal paths.
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut out: Vec<LayerEntry> = Vec::with_capacity(entries.len());
+    for e in entries {
+        match out.last_mut() {
+            Some(last) if last.path == e.path => *last = e,
+            _ => out.push(e),
+        }
+    }
+    out
+}
+
+/// Writes the tar into the channel; returns the diff id and the uncompressed size.
+fn produce_tar(
+    entries: &[LayerEntry],
+    opts: &LayerOptions,
+    tx: SyncSender<Vec<u8>>,
+) -> Result<(crate::store::Digest, u64)> {
+    let sink = ChunkSender {
+        buf: Vec::with_capacity(CHUNK),
+        tx,
+    };
+    let mut tar = TarWriter::new(HashingWriter::new(sink));
+    let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
+    for e in entries {
+        let mtime = opts.clamp_mtime.map_or(e.mtime, |c| e.mtime.min(c));
+        let mut header = TarHeader {
+            path: e.path.clone(),
+            kind: TarKind::Dir,
+            mode: e.mode,
+            uid: u64::from(e.uid),
+            gid: u64::from(e.gid),
+            mtime,
+            xattrs: e.xattrs.clone(),
+        };
+        match &e.kind {
+            EntryKind::File {
+                source: Content::Bytes(b),
+                ..
+            } => {
+                header.kind = TarKind::File {
+                    size: b.len() as u64,
+                };
+                tar.append(&header, &mut &b[..])?;
+            }
+            EntryKind::File {
+                source: Content::Path(p),
+                size,
+            } => {
+                let f = File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+                let meta = f.metadata()?;
+                if meta.nlink() > 1 {
+                    let key = (meta.dev(), meta.ino());
+                    if let Some(first) = inodes.get(&key) {
+                        header.kind = TarKind::Hardlink(first.clone());
+                        tar.append(&header, &mut io::empty())?;
+                        continue;
+                    }
+                    inodes.insert(key, e.path.clone());
+                }
+                header.kind = TarKind::File { size: *size };
+                let mut reader: Box<dyn Read> = Box::new(f);
+                tar.append(&header, &mut reader)
+                    .with_context(|| format!("cannot add {} to the layer", p.display()))?;
+            }
+            other => {
+                header.kind = match other {
+                    EntryKind::Dir => TarKind::Dir,
+                    EntryKind::Symlink(t) => TarKind::Symlink(t.clone()),
+                    EntryKind::Hardlink(t) => TarKind::Hardlink(t.clone()),
+                    EntryKind::Fifo => TarKind::Fifo,
+                    EntryKind::CharDevice(a, b) => TarKind::CharDevice(*a, *b),
+                    EntryKind::BlockDevice(a, b) => TarKind::BlockDevice(*a, *b),
+                    EntryKind::File { .. } => unreachable!("files are handled above"),
+                };
+                tar.append(&header, &mut io::empty())?;
+            }
+        }
+    }
+    let hashing = tar.finish()?;
+    let (mut sink, diff_id, size) = hashing.finish();
+    sink.flush()?;
+    Ok((diff_id, size))
+}
+
+/// Compresses the chunks into `file`; returns the digest and size of the compressed bytes.
+fn compress(rx: Receiver<Vec<u8>>, file: File, level: u32) -> Result<(crate::store::Digest, u64)> {
+    let hashing = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
+    let mut gz = flate2::GzBuilder::new().write(hashing, flate2::Compression::new(level));
+    for chunk in rx {
+        gz.write_all(&chunk)?;
+    }
+    let hashing = gz.finish()?;
+    let (mut out, digest, size) = hashing.finish();
+    out.flush()?;
+    Ok((digest, size))
+}
+
+/// A writer that hands its bytes to the compression thread in 1 MiB chunks.
+struct ChunkSender {
+    buf: Vec<u8>,
+    tx: SyncSender<Vec<u8>>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the compressor stopped"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = CHUNK - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::compression::decompressing_reader;
+    use std::io::BufReader;
+
+    fn file(path: &str, data: &[u8]) -> LayerEntry {
+        LayerEntry {
+            path: path.into(),
+            kind: EntryKind::File {
+                size: data.len() as u64,
+                source: Content::Bytes(data.to_vec()),
+            },
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime: 2_000_000_000,
+            xattrs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn layers_are_deterministic_sorted_and_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let opts = LayerOptions {
+            clamp_mtime: Some(1_000),
+            compression_level: 6,
+        };
+        let entries = vec![file("b", b"2"), file("a", b"1"), file("b", b"3")];
+        let l1 = write_layer(&store, entries.clone(), &opts).unwrap();
+        let again = write_layer(&store, entries.clone(), &opts).unwrap();
+        let l2 = write_layer(&store, entries.into_iter().rev().collect(), &opts).unwrap();
+        assert_eq!(l1, again);
+        assert_ne!(l1.digest, l1.diff_id);
+        // Reversed input: "b" last is now "2" — a different layer.
+        assert_ne!(l1.digest, l2.digest);
+
+        let blob = store.open_blob(&l1.digest).unwrap();
+        assert_eq!(blob.metadata().unwrap().len(), l1.size);
+        let (_, mut r) = decompressing_reader(BufReader::new(blob)).unwrap();
+        let mut raw = Vec::new();
+        r.read_to_end(&mut raw).unwrap();
+        assert_eq!(crate::store::Digest::of(&raw), l1.diff_id);
+        let mut ar = tar::Archive::new(&raw[..]);
+        let got: Vec<(String, u64, String)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut s = String::new();
+                e.read_to_string(&mut s).unwrap();
+                let p = e.path().unwrap().to_string_lossy().into_owned();
+                (p, e.header().mtime().unwrap(), s)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), 1_000, "1".into()),
+                ("b".into(), 1_000, "3".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn hard_links_on_disk_stay_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, b"content").unwrap();
+        std::fs::hard_link(&a, dir.path().join("b")).unwrap();
+        let entry = |path: &str, host: &str| LayerEntry {
+            path: path.into(),
+            kind: EntryKind::File {
+                size: 7,
+                source: Content::Path(dir.path().join(host)),
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            xattrs: Vec::new(),
+        };
+        let layer = write_layer(
+            &store,
+            vec![entry("x/a", "a"), entry("x/b", "b")],
+            &LayerOptions {
+                clamp_mtime: None,
+                compression_level: 1,
+            },
+        )
+        .unwrap();
+        let (_, r) =
+            decompressing_reader(BufReader::new(store.open_blob(&layer.digest).unwrap())).unwrap();
+        let mut ar = tar::Archive::new(r);
+        let kinds: Vec<(String, tar::EntryType)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    e.header().entry_type(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("x/a".into(), tar::EntryType::Regular),
+                ("x/b".into(), tar::EntryType::Link)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_source_file_fails_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut e = file("a", b"");
+        e.kind = EntryKind::File {
+            size: 3,
+            source: Content::Path(dir.path().join("nope")),
+        };
+        let opts = LayerOptions {
+            clamp_mtime: None,
+            compression_level: 6,
+        };
+        assert!(write_layer(&store, vec![e], &opts).is_err());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}

@@ -1,0 +1,426 @@
+//! COPY and ADD: which files go where, with which owner and mode, as layer entries.
+//!
+//! Sources are read from the build context or from an earlier stage's filesystem; the
+//! destination is resolved against the current stage's filesystem (symlinks followed inside
+//! it, existing directories copied into). Nothing here writes to the stage: the entries
+//! become a layer, and the layer is applied when something needs the files.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::rootfs::{resolve_in_root, FileKind, Rootfs};
+use super::users::Owner;
+use crate::context::{self, BuildContext};
+use crate::plan::steps::{CopySource, CopyStep};
+use crate::snapshot::compression::{decompressing_reader, looks_like_tar};
+use crate::snapshot::{apply_layer, ApplyOptions, Content, EntryKind, LayerEntry};
+
+/// Everything a COPY/ADD needs besides the step itself.
+pub struct CopyInputs<'a> {
+    /// Where sources are read from (the context, or a view of a stage's filesystem).
+    pub source: &'a BuildContext,
+    /// Keep the sources' owners (COPY --from, with the stage's filesystem, whose recorded
+    /// owners win over the disk's); otherwise files belong to 0:0.
+    pub preserve_owner: Option<&'a Rootfs>,
+    /// The destination stage's filesystem before this step.
+    pub dest_root: &'a Path,
+    /// The resolved `--chown`, if given.
+    pub owner: Option<Owner>,
+    /// Modification time for directories the step creates.
+    pub now: i64,
+    /// SOURCE_DATE_EPOCH: clamp for every mtime.
+    pub epoch: Option<i64>,
+    /// Scratch space for archive extraction; must outlive the returned entries.
+    pub scratch: &'a Path,
+}
+
+/// Collects the layer entries of a COPY/ADD. Later entries for the same path replace earlier
+/// ones; directories the destination needs and that do not exist are included.
+pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEntry>> {
+    let dest = resolve_in_root(inp.dest_root, &step.dest, true)?;
+    let mut out = Entries::default();
+
+    // What the sources are, before deciding whether the destination is a directory.
+    let mut matches = Vec::new();
+    for src in &step.sources {
+        match src {
+            CopySource::Path(p) => {
+                let found = inp.source.resolve(p)?;
+                for m in found {
+                    matches.push(Found::Path(m));
+                }
+            }
+            CopySource::Heredoc { name, content } => matches.push(Found::Heredoc(name, content)),
+            CopySource::Url(u) => bail!(
+                "ADD {u}: fetching URLs needs the network support of the image sources, which this build of rbuild does not have yet"
+            ),
+        }
+    }
+    let into_dir = step.dest_is_dir
+        || dest.kind == Some(FileKind::Dir)
+        || matches.len() > 1
+        || matches
+            .iter()
+            .any(|m| matches!(m, Found::Path(p) if p.kind == context::EntryKind::Dir));
+
+    if into_dir {
+        out.ensure_dir(inp, step, &dest.rel, true)?;
+    } else if let Some(parent) = parent_of(&dest.rel) {
+        out.ensure_dir(inp, step, parent, false)?;
+    }
+
+    for m in &matches {
+        match m {
+            Found::Heredoc(name, content) => {
+                let path = if into_dir {
+                    join(&dest.rel, name)
+                } else {
+                    dest.rel.clone()
+                };
+                let mode = step.chmod.as_ref().map_or(0o644, |c| c.apply(0o644, false));
+                let owner = inp.owner.unwrap_or(Owner { uid: 0, gid: 0 });
+                out.push(LayerEntry {
+                    path,
+                    kind: EntryKind::File {
+                        size: content.len() as u64,
+                        source: Content::Bytes(content.as_bytes().to_vec()),
+                    },
+                    mode,
+                    uid: owner.uid,
+                    gid: owner.gid,
+                    mtime: clamp(inp.now, inp.epoch),
+                    xattrs: Vec::new(),
+                });
+            }
+            Found::Path(m) => match m.kind {
+                context::EntryKind::Dir => {
+                    for e in inp.source.walk(m)? {
+                        if excluded(&step.exclude, &e.rel_path)? {
+                            continue;
+                        }
+                        let rel = if step.parents {
+                            join(&m.rel_path, &e.rel_path)
+                        } else {
+                            e.rel_path.clone()
+                        };
+                        if step.parents {
+                            out.ensure_parents_below(inp, step, &dest.rel, &rel)?;
+                        }
+                        if let Some(entry) = entry_from_disk(
+                            &join(&dest.rel, &rel),
+                            &e.host_path,
+                            &e.metadata,
+                            step,
+                            inp,
+                        )? {
+                            out.push(entry);
+                        }
+                    }
+                }
+                _ => {
+                    let name = m.rel_path.rsplit('/').next().unwrap_or(&m.rel_path);
+                    if excluded(&step.exclude, name)? {
+                        continue;
+                    }
+                    let target = if step.parents && into_dir {
+                        out.ensure_parents_below(inp, step, &dest.rel, &m.rel_path)?;
+                        join(&dest.rel, &m.rel_path)
+                    } else if into_dir {
+                        join(&dest.rel, name)
+                    } else {
+                        dest.rel.clone()
+                    };
+                    if step.is_add
+                        && m.kind == context::EntryKind::File
+                        && is_archive(&m.host_path)?
+                    {
+                        let base = if into_dir {
+                            dest.rel.clone()
+                        } else {
+                            target.clone()
+                        };
+                        if !into_dir {
+                            out.ensure_dir(inp, step, &base, true)?;
+                        }
+                        extract_archive(&m.host_path, &base, step, inp, &mut out)?;
+                        continue;
+                    }
+                    let meta = fs::metadata(&m.host_path)
+                        .with_context(|| format!("cannot read {}", m.rel_path))?;
+                    if let Some(entry) = entry_from_disk(&target, &m.host_path, &meta, step, inp)? {
+                        out.push(entry);
+                    }
+                }
+            },
+        }
+    }
+    Ok(out.finish())
+}
+
+enum Found<'a> {
+    Path(context::SourceMatch),
+    Heredoc(&'a str, &'a str),
+}
+
+/// Entries keyed by path: the last one for a path wins, directories created on the way are
+/// remembered so they are made once.
+#[derive(Default)]
+struct Entries {
+    by_path: BTreeMap<String, LayerEntry>,
+}
+
+impl Entries {
+    fn push(&mut self, e: LayerEntry) {
+        self.by_path.insert(e.path.clone(), e);
+    }
+
+    /// Adds `rel` and its missing parents as directories, unless they exist in the
+    /// destination filesystem or are already entries. `is_dest` marks the destination
+    /// directory itself, which gets `--chmod` too.
+    fn ensure_dir(
+        &mut self,
+        inp: &CopyInputs<'_>,
+        step: &CopyStep,
+        rel: &str,
+        is_dest: bool,
+    ) -> Result<()> {
+        if rel.is_empty() {
+            return Ok(());
+        }
+        let mut prefix = String::new();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            prefix = join(&prefix, part);
+            if self.by_path.contains_key(&prefix) {
+                continue;
+            }
+            let r = resolve_in_root(inp.dest_root, &format!("/{prefix}"), true)?;
+            match r.kind {
+                Some(FileKind::Dir) => continue,
+                Some(FileKind::Other) if r.rel == prefix => {
+                    bail!("cannot copy to /{rel}: /{prefix} exists and is not a directory")
+                }
+                _ => {}
+            }
+            let last = i + 1 == parts.len();
+            let mode = match (&step.chmod, is_dest && last) {
+                (Some(c), true) => c.apply(0o755, true),
+                _ => 0o755,
+            };
+            let owner = inp.owner.unwrap_or(Owner { uid: 0, gid: 0 });
+            self.push(LayerEntry {
+                path: prefix.clone(),
+                kind: EntryKind::Dir,
+                mode,
+                uid: owner.uid,
+                gid: owner.gid,
+                mtime: clamp(inp.now, inp.epoch),
+                xattrs: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// With `--parents`: the directories between the destination and `rel`'s parent.
+    fn ensure_parents_below(
+        &mut self,
+        inp: &CopyInputs<'_>,
+        step: &CopyStep,
+        dest: &str,
+        rel: &str,
+    ) -> Result<()> {
+        if let Some(parent) = parent_of(rel) {
+            self.ensure_dir(inp, step, &join(dest, parent), false)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Vec<LayerEntry> {
+        self.by_path.into_values().collect()
+    }
+}
+
+fn parent_of(rel: &str) -> Option<&str> {
+    rel.rsplit_once('/').map(|(p, _)| p)
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+fn clamp(t: i64, epoch: Option<i64>) -> i64 {
+    match epoch {
+        Some(e) if t > e => e,
+        _ => t,
+    }
+}
+
+fn excluded(patterns: &[String], rel: &str) -> Result<bool> {
+    for p in patterns {
+        let p = p.trim_start_matches('/');
+        let hit = context::dockerignore::glob_match(p, rel)?
+            || rel
+                .match_indices('/')
+                .any(|(i, _)| context::dockerignore::glob_match(p, &rel[..i]).unwrap_or(false));
+        if hit {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A layer entry for a file found on disk at `host`, to be placed at `path`.
+fn entry_from_disk(
+    path: &str,
+    host: &Path,
+    meta: &fs::Metadata,
+    step: &CopyStep,
+    inp: &CopyInputs<'_>,
+) -> Result<Option<LayerEntry>> {
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File {
+            source: Content::Path(host.to_path_buf()),
+            size: meta.len(),
+        }
+    } else if ft.is_symlink() {
+        let target =
+            fs::read_link(host).with_context(|| format!("cannot read link {}", host.display()))?;
+        EntryKind::Symlink(target.to_string_lossy().into_owned())
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_char_device() {
+        let (ma, mi) = dev_numbers(meta.rdev());
+        EntryKind::CharDevice(ma, mi)
+    } else if ft.is_block_device() {
+        let (ma, mi) = dev_numbers(meta.rdev());
+        EntryKind::BlockDevice(ma, mi)
+    } else {
+        return Ok(None); // sockets cannot be stored in a layer
+    };
+    let is_dir = ft.is_dir();
+    let mut mode = meta.mode() & 0o7777;
+    if !ft.is_symlink() {
+        if let Some(c) = &step.chmod {
+            mode = c.apply(mode, is_dir);
+        }
+    }
+    let (uid, gid) = match (inp.owner, inp.preserve_owner) {
+        (Some(o), _) => (o.uid, o.gid),
+        (None, Some(stage)) => host
+            .strip_prefix(stage.path())
+            .ok()
+            .and_then(|rel| stage.recorded_owner(&rel.to_string_lossy()))
+            .unwrap_or((meta.uid(), meta.gid())),
+        (None, None) => (0, 0),
+    };
+    Ok(Some(LayerEntry {
+        path: path.to_string(),
+        kind,
+        mode,
+        uid,
+        gid,
+        mtime: clamp(meta.mtime(), inp.epoch),
+        xattrs: Vec::new(),
+    }))
+}
+
+fn dev_numbers(rdev: u64) -> (u32, u32) {
+    (libc::major(rdev), libc::minor(rdev))
+}
+
+/// True if the file is a (possibly compressed) tar archive, judged by its content.
+fn is_archive(path: &Path) -> Result<bool> {
+    let file = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let Ok((_, mut reader)) = decompressing_reader(BufReader::new(file)) else {
+        return Ok(false);
+    };
+    let mut block = vec![0u8; 512];
+    let mut filled = 0;
+    while filled < block.len() {
+        match reader.read(&mut block[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(filled == 512 && looks_like_tar(&block))
+}
+
+/// ADD's archive extraction: unpacks safely into scratch space, then lists what came out
+/// under `base`, with owners as the archive recorded them (or `--chown`).
+fn extract_archive(
+    archive: &Path,
+    base: &str,
+    step: &CopyStep,
+    inp: &CopyInputs<'_>,
+    out: &mut Entries,
+) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("add-")
+        .tempdir_in(inp.scratch)?
+        .keep();
+    let label = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let open = || -> Result<Box<dyn Read>> {
+        let f = fs::File::open(archive)?;
+        let (_, r) = decompressing_reader(BufReader::with_capacity(1 << 20, f))?;
+        Ok(r)
+    };
+    apply_layer(
+        open()?,
+        &dir,
+        &label,
+        &ApplyOptions {
+            set_owners: false,
+            whiteouts: false,
+        },
+    )
+    .with_context(|| format!("cannot extract {label}"))?;
+    // Owners as recorded in the archive (they cannot be set on disk unprivileged).
+    let mut owners: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    let mut tar = tar::Archive::new(open()?);
+    for entry in tar.entries()? {
+        let entry = entry?;
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        let h = entry.header();
+        owners.insert(path, (h.uid()? as u32, h.gid()? as u32));
+    }
+    for e in walkdir::WalkDir::new(&dir).min_depth(1).sort_by_file_name() {
+        let e = e?;
+        let rel = e
+            .path()
+            .strip_prefix(&dir)
+            .map_err(|_| anyhow!("extraction escaped its directory"))?
+            .to_string_lossy()
+            .into_owned();
+        let meta = e.path().symlink_metadata()?;
+        if let Some(mut entry) = entry_from_disk(&join(base, &rel), e.path(), &meta, step, inp)? {
+            if inp.owner.is_none() {
+                let (uid, gid) = owners.get(&rel).copied().unwrap_or((0, 0));
+                entry.uid = uid;
+                entry.gid = gid;
+            }
+            out.push(entry);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! A stage's filesystem materialised on disk (applied from its layers on demand), and
+//! path resolution that follows symlinks without leaving the root.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::image::Layer;
+use crate::snapshot::{apply_layer, compression::decompressing_reader, ApplyOptions};
+use crate::store::Store;
+
+/// Owners recorded in the layers, by path relative to the root.
+pub type OwnerMap = BTreeMap<String, (u32, u32)>;
+
+/// A directory holding a stage's root filesystem, kept in step with its layers lazily.
+///
+/// Without privileges files cannot be given other owners on disk, so the owners the layers
+/// record are kept in a map beside the tree; as root the disk itself is right.
+pub struct Rootfs {
+    dir: tempfile::TempDir,
+    applied: usize,
+    owners: Option<OwnerMap>,
+}
+
+impl Rootfs {
+    /// An empty root in the store's temp area (removed on drop).
+    pub fn new(store: &Store) -> Result<Rootfs> {
+        let privileged = nix::unistd::geteuid().is_root();
+        Ok(Rootfs {
+            dir: store.temp_dir("rootfs-")?,
+            applied: 0,
+            owners: (!privileged).then(OwnerMap::new),
+        })
+    }
+
+    /// The root directory (as of the last sync).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The owner of `rel` as the layers record it, when the disk cannot tell (unprivileged).
+    pub fn recorded_owner(&self, rel: &str) -> Option<(u32, u32)> {
+        self.owners
+            .as_ref()
+            .map(|m| m.get(rel).copied().unwrap_or((0, 0)))
+    }
+
+    /// Applies the layers not yet applied and returns the root directory.
+    pub fn sync(&mut self, store: &Store, layers: &[Layer]) -> Result<&Path> {
+        let set_owners = self.owners.is_none();
+        for layer in &layers[self.applied.min(layers.len())..] {
+            let open = || -> Result<Box<dyn Read>> {
+                let blob = store.open_blob(&layer.digest)?;
+                let (_, reader) = decompressing_reader(BufReader::with_capacity(1 << 20, blob))
+                    .with_context(|| format!("cannot read layer {}", layer.digest))?;
+                Ok(reader)
+            };
+            apply_layer(
+                open()?,
+                self.dir.path(),
+                &layer.digest.to_string(),
+                &ApplyOptions {
+                    set_owners,
+                    whiteouts: true,
+                },
+            )?;
+            if let Some(owners) = &mut self.owners {
+                record_owners(open()?, owners)
+                    .with_context(|| format!("cannot read layer {}", layer.digest))?;
+            }
+        }
+        self.applied = layers.len();
+        Ok(self.dir.path())
+    }
+}
+
+/// Updates `owners` with one layer's entries: its whiteouts and opaque markers first hide
+/// what lower layers recorded, then its own entries are added.
+fn record_owners(layer: impl Read, owners: &mut OwnerMap) -> Result<()> {
+    let mut added = Vec::new();
+    let mut hidden = Vec::new();
+    for entry in tar::Archive::new(layer).entries()? {
+        let entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let path = path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (d.to_string(), n.to_string()),
+            None => (String::new(), path.clone()),
+        };
+        if name == ".wh..wh..opq" {
+            hidden.push((dir, true));
+        } else if let Some(gone) = name.strip_prefix(".wh.") {
+            let gone = if dir.is_empty() {
+                gone.to_string()
+            } else {
+                format!("{dir}/{gone}")
+            };
+            hidden.push((gone, false));
+        } else {
+            let h = entry.header();
+            added.push((path, (h.uid()? as u32, h.gid()? as u32)));
+        }
+    }
+    for (path, only_below) in hidden {
+        let below = format!("{path}/");
+        owners.retain(|k, _| !(k.starts_with(&below) || (!only_below && *k == path)));
+    }
+    owners.extend(added);
+    Ok(())
+}
+
+impl Drop for Rootfs {
+    fn drop(&mut self) {
+        make_removable(self.dir.path());
+    }
+}
+
+/// Gives the owner write and search permission on every directory below `path`, so a tree
+/// unpacked with read-only directories can be removed without privileges.
+pub fn make_removable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(path).into_iter().flatten() {
+        if entry.file_type().is_dir() {
+            if let Ok(meta) = entry.metadata() {
+                let mode = meta.permissions().mode();
+                if mode & 0o700 != 0o700 {
+                    let _ =
+                        fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode | 0o700));
+                }
+            }
+        }
+    }
+}
+
+/// Result of resolving an absolute in-image path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The path relative to the root after following symlinks ("" is the root itself).
+    pub rel: String,
+    /// What is there now, if anything.
+    pub kind: Option<FileKind>,
+}
+
+/// The kind of an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A directory.
+    Dir,
+    /// Anything else (file, symlink not followed, device...).
+    Other,
+}
+
+/// Resolves absolute `path` inside `root`: every symlink met on the way (including the last
+/// component when `follow_last`) is followed as if `root` were `/`, so the result never
+/// leaves the root. Missing components are kept as written.
+pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<Resolved> {
+    let mut todo: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .rev()
+        .collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate: PathBuf = root.join(done.join("/")).join(&c);
+        let is_last = todo.is_empty();
+        match fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
+                hops += 1;
+                if hops > 255 {
+                    bail!("too many levels of symbolic links resolving {path}");
+                }
+                let target = fs::read_link(&candidate)?;
+                let target = target.to_string_lossy().to_string();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                for t in target.split('/').filter(|t| !t.is_empty()).rev() {
+                    todo.push(t.to_string());
+                }
+            }
+            _ => done.push(c),
+        }
+    }
+    let rel = done.join("/");
+    let kind = match fs::symlink_metadata(root.join(&rel)) {
+        Ok(m) if m.is_dir() => Some(FileKind::Dir),
+        Ok(_) => Some(FileKind::Other),
+        Err(_) => None,
+    };
+    Ok(Resolved { rel, kind })
+}
+
+/// Reads a small file of the image (e.g. `/etc/passwd`) if it exists.
+pub fn read_image_file(root: &Path, path: &str) -> Option<String> {
+    let r = resolve_in_root(root, path, true).ok()?;
+    if r.kind != Some(FileKind::Other) {
+        return None;
+    }
+    fs::read(root.join(&r.rel))
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn symlinks_stay_inside_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        symlink("usr/bin", root.join("bin")).unwrap();
+        symlink("/../../../etc", root.join("escape")).unwrap();
+        symlink("../..", root.join("usr/up")).unwrap();
+        let r = resolve_in_root(root, "/bin/sh", false).unwrap();
+        assert_eq!(
+            r,
+            Resolved {
+                rel: "usr/bin/sh".into(),
+                kind: None
+            }
+        );
+        let r = resolve_in_root(root, "/escape/passwd", false).unwrap();
+        assert_eq!(r.rel, "etc/passwd");
+        let r = resolve_in_root(root, "/usr/up/usr/up/usr/bin", true).unwrap();
+        assert_eq!(
+            r,
+            Resolved {
+                rel: "usr/bin".into(),
+                kind: Some(FileKind::Dir)
+            }
+        );
+        let r = resolve_in_root(root, "/bin", false).unwrap();
+        assert_eq!(
+            r,
+            Resolved {
+                rel: "bin".into(),
+                kind: Some(FileKind::Other)
+            }
+        );
+        assert!(read_image_file(root, "/escape/passwd").is_none());
+    }
+
+    #[test]
+    fn symlink_loops_are_errors() {
+        let t = tempfile::tempdir().unwrap();
+        symlink("b", t.path().join("a")).unwrap();
+        symlink("a", t.path().join("b")).unwrap();
+        assert!(resolve_in_root(t.path(), "/a/x", true).is_err());
+    }
+}

@@ -15,7 +15,10 @@ use crate::image::reference::Reference;
 use crate::plan::{LineError, Plan, PlanOptions, Platform};
 use crate::progress::{Mode, Progress};
 use crate::solver::{build, BuildInputs};
+use crate::source::resolver::{NamedContext, PullPolicy, Resolver};
 use crate::store::Store;
+
+mod images;
 
 /// Exit code of a successful run.
 pub const EXIT_OK: i32 = 0;
@@ -83,6 +86,14 @@ pub struct BuildArgs {
     /// Print only the image id on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// When to pull base images: missing (default; no network when the store has them),
+    /// always (`--pull` alone), never.
+    #[arg(long, value_name = "POLICY", num_args = 0..=1, default_value = "missing", default_missing_value = "always")]
+    pub pull: String,
+    /// Extra named context `NAME=VALUE`: `docker-image://REF`, `oci-layout://DIR[:TAG|@DIGEST]`
+    /// or a directory; `FROM NAME` and `COPY --from=NAME` use it. Repeatable.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
     /// The build context: a directory, or `-` for a tar stream on stdin.
     #[arg(value_name = "CONTEXT")]
     pub context: String,
@@ -90,6 +101,9 @@ pub struct BuildArgs {
 
 /// Entry point: parses `argv`, runs, and returns the process exit code.
 pub fn main_with_args(mut argv: Vec<OsString>) -> i32 {
+    if argv.get(1).is_some_and(|a| a == "image") {
+        return images::main(argv);
+    }
     if argv.get(1).is_some_and(|a| a == "build") {
         argv.remove(1);
     }
@@ -234,6 +248,21 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// Parses `--build-context NAME=VALUE` values.
+fn parse_build_contexts(raw: &[String]) -> Result<BTreeMap<String, NamedContext>> {
+    let mut out = BTreeMap::new();
+    for c in raw {
+        let (name, value) = c
+            .split_once('=')
+            .filter(|(n, _)| !n.is_empty())
+            .ok_or_else(|| anyhow!("invalid --build-context {c:?}: expected NAME=VALUE"))?;
+        let ctx =
+            NamedContext::parse(value).with_context(|| format!("invalid --build-context {c:?}"))?;
+        out.insert(name.to_string(), ctx);
+    }
+    Ok(out)
+}
+
 fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
     raw.iter()
         .map(|l| match l.split_once('=') {
@@ -243,7 +272,8 @@ fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-fn default_cache_dir() -> PathBuf {
+/// The cache directory used when neither `--cache-dir` nor `RBUILD_CACHE_DIR` names one.
+pub fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("rbuild");
     }
@@ -346,6 +376,8 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         )));
     }
     let build_args = parse_build_args(&args.build_args).map_err(usage)?;
+    let pull = PullPolicy::parse(&args.pull).map_err(usage)?;
+    let named = parse_build_contexts(&args.build_contexts).map_err(usage)?;
     let labels = parse_labels(&args.labels).map_err(usage)?;
     let epoch = source_date_epoch().map_err(usage)?;
     let build_failed = |e: anyhow::Error| Failure::Build(e, "Dockerfile".into(), None);
@@ -379,6 +411,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         },
     )
     .map_err(fail)?;
+    let resolver = Resolver::new(&store, plan.options.platform.clone(), pull, named, None);
     let output = build(&BuildInputs {
         plan: &plan,
         context: &context,
@@ -386,6 +419,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         progress: &progress,
         epoch,
         labels: &labels,
+        images: &resolver,
     })
     .map_err(fail)?;
     if !output.unused_build_args.is_empty() {
@@ -427,7 +461,11 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
                 "size": image.manifest.len(),
             },
             "image.name": args.tags.join(","),
-            "rbuild.base-images": serde_json::Value::Array(Vec::new()),
+            "rbuild.base-images": resolver
+                .used()
+                .iter()
+                .map(|(name, digest)| serde_json::json!({ "name": name, "digest": digest.to_string() }))
+                .collect::<Vec<_>>(),
         });
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| build_failed(e.into()))?;
         write_atomic(f, &text).map_err(build_failed)?;

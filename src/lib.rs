@@ -1,7 +1,7 @@
 //! rbuild: a rootless, daemonless, single-shot container image builder.
 //!
 //! Data flows one way: [`dockerfile`] → [`plan`] → [`solver`] (with [`snapshot`], [`store`],
-//! [`context`]) → [`export`].
+//! [`context`], [`source`]) → [`export`].
 
 pub mod cli;
 pub mod context;
@@ -12,4 +12,5 @@ pub mod plan;
 pub mod progress;
 pub mod snapshot;
 pub mod solver;
+pub mod source;
 pub mod store;

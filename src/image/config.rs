@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// An empty JSON object, the value type of `ExposedPorts` and `Volumes`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,23 +15,62 @@ pub struct Empty {}
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthConfig {
     /// `["NONE"]`, `["CMD", argv...]` or `["CMD-SHELL", command]`.
-    #[serde(rename = "Test", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "Test",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub test: Vec<String>,
     /// Time between checks.
-    #[serde(rename = "Interval", default, skip_serializing_if = "is_zero")]
+    #[serde(
+        rename = "Interval",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "is_zero"
+    )]
     pub interval: i64,
     /// Time after which one check is considered hung.
-    #[serde(rename = "Timeout", default, skip_serializing_if = "is_zero")]
+    #[serde(
+        rename = "Timeout",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "is_zero"
+    )]
     pub timeout: i64,
     /// Grace period after start.
-    #[serde(rename = "StartPeriod", default, skip_serializing_if = "is_zero")]
+    #[serde(
+        rename = "StartPeriod",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "is_zero"
+    )]
     pub start_period: i64,
     /// Time between checks during the start period.
-    #[serde(rename = "StartInterval", default, skip_serializing_if = "is_zero")]
+    #[serde(
+        rename = "StartInterval",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "is_zero"
+    )]
     pub start_interval: i64,
     /// Consecutive failures needed to report unhealthy.
-    #[serde(rename = "Retries", default, skip_serializing_if = "is_zero")]
+    #[serde(
+        rename = "Retries",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "is_zero"
+    )]
     pub retries: i64,
+}
+
+/// Reads `null` as the type's default: configs written by other tools say `"Env": null`.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -42,32 +81,50 @@ fn is_zero(v: &i64) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuntimeConfig {
     /// `USER`.
-    #[serde(rename = "User", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "User",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub user: String,
     /// `EXPOSE`: keys like `80/tcp`.
     #[serde(
         rename = "ExposedPorts",
         default,
+        deserialize_with = "nullable",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub exposed_ports: BTreeMap<String, Empty>,
     /// `ENV`, as `KEY=value`, in definition order.
-    #[serde(rename = "Env", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "Env",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub env: Vec<String>,
     /// `ENTRYPOINT`.
     #[serde(
         rename = "Entrypoint",
         default,
+        deserialize_with = "nullable",
         skip_serializing_if = "Option::is_none"
     )]
     pub entrypoint: Option<Vec<String>>,
     /// `CMD`.
-    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Cmd",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cmd: Option<Vec<String>>,
     /// `VOLUME`.
     #[serde(
         rename = "Volumes",
         default,
+        deserialize_with = "nullable",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub volumes: BTreeMap<String, Empty>,
@@ -75,16 +132,23 @@ pub struct RuntimeConfig {
     #[serde(
         rename = "WorkingDir",
         default,
+        deserialize_with = "nullable",
         skip_serializing_if = "String::is_empty"
     )]
     pub working_dir: String,
     /// `LABEL`.
-    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "Labels",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
     /// `STOPSIGNAL`.
     #[serde(
         rename = "StopSignal",
         default,
+        deserialize_with = "nullable",
         skip_serializing_if = "String::is_empty"
     )]
     pub stop_signal: String,
@@ -92,14 +156,25 @@ pub struct RuntimeConfig {
     #[serde(
         rename = "Healthcheck",
         default,
+        deserialize_with = "nullable",
         skip_serializing_if = "Option::is_none"
     )]
     pub healthcheck: Option<HealthConfig>,
     /// `ONBUILD` triggers, as written after the keyword.
-    #[serde(rename = "OnBuild", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "OnBuild",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub on_build: Vec<String>,
     /// `SHELL`.
-    #[serde(rename = "Shell", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "Shell",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub shell: Vec<String>,
 }
 
@@ -149,16 +224,32 @@ impl Default for RootFs {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     /// RFC 3339 creation time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub created: Option<String>,
     /// The instruction that made it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub created_by: Option<String>,
     /// Tool comment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub comment: Option<String>,
     /// True when the step made no layer.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub empty_layer: bool,
 }
 
@@ -166,34 +257,63 @@ pub struct History {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageConfig {
     /// RFC 3339 creation time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub created: Option<String>,
     /// `MAINTAINER`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub author: Option<String>,
     /// CPU architecture (GOARCH spelling).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub architecture: String,
     /// Operating system.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub os: String,
     /// CPU variant, where it matters (arm).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub variant: Option<String>,
     /// Runtime settings.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub config: RuntimeConfig,
     /// Layer diff ids.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub rootfs: RootFs,
     /// One entry per instruction.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub history: Vec<History>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn null_fields_of_other_tools_configs_are_accepted() {
+        let cfg: ImageConfig = serde_json::from_str(
+            r#"{"architecture":"amd64","os":"linux","config":{"Env":null,"Cmd":null,
+                "Labels":null,"ExposedPorts":null,"OnBuild":null,"Entrypoint":null,
+                "Hostname":"","ArgsEscaped":true},"history":null,
+                "rootfs":{"type":"layers","diff_ids":[]}}"#,
+        )
+        .unwrap();
+        assert!(cfg.config.env.is_empty());
+        assert!(cfg.config.cmd.is_none());
+    }
 
     #[test]
     fn set_env_replaces_in_place() {

@@ -18,6 +18,7 @@ use crate::plan::steps::{expand_stage, ConfigEdit, CopyFrom, StepKind, DEFAULT_P
 use crate::plan::{at_line, with_line, Base, Plan, Platform};
 use crate::progress::Progress;
 use crate::snapshot::{write_layer, EntryKind, LayerEntry, LayerOptions};
+use crate::source::resolver::Resolver;
 use crate::store::Store;
 use copy::{copy_entries, CopyInputs};
 use rootfs::{read_image_file, resolve_in_root, FileKind, Rootfs};
@@ -37,6 +38,8 @@ pub struct BuildInputs<'a> {
     pub epoch: Option<i64>,
     /// `--label`s added to the image config.
     pub labels: &'a BTreeMap<String, String>,
+    /// Where `FROM <image>` and `COPY --from=<image>` find their images.
+    pub images: &'a Resolver<'a>,
 }
 
 /// The result of a build.
@@ -72,6 +75,7 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
     let scratch = inp.store.temp_dir("build-")?;
     let scratch = ScratchDir(scratch);
     let mut states: BTreeMap<usize, StageState> = BTreeMap::new();
+    let mut images: BTreeMap<String, StageState> = BTreeMap::new();
     let mut used_args = BTreeSet::new();
 
     for &index in &plan.order {
@@ -105,12 +109,12 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
                 }
             }
             Base::Image(r) => {
-                return Err(at_line(
-                    sp.line,
-                    format!(
-                        "FROM {r}: base images from registries or files are not supported by this build of rbuild yet; use FROM scratch with ADD of a root filesystem tar"
-                    ),
-                ))
+                let base = inp.images.image(r).map_err(|e| at_line(sp.line, e))?;
+                StageState {
+                    config: base.config,
+                    layers: base.layers,
+                    rootfs: None,
+                }
             }
         };
         let expanded = expand_stage(plan, index, &state.config)?;
@@ -124,9 +128,13 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
                 total,
                 step.text
             ));
+            let mut others = Others {
+                stages: &mut states,
+                images: &mut images,
+            };
             let result = run_step(
                 inp,
-                &mut states,
+                &mut others,
                 &mut state,
                 &step.kind,
                 scratch.path(),
@@ -192,10 +200,16 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The filesystems a step can copy from besides its own stage's.
+struct Others<'s> {
+    stages: &'s mut BTreeMap<usize, StageState>,
+    images: &'s mut BTreeMap<String, StageState>,
+}
+
 /// Runs one step; returns the layer it made, if any.
 fn run_step(
     inp: &BuildInputs<'_>,
-    states: &mut BTreeMap<usize, StageState>,
+    others: &mut Others<'_>,
     state: &mut StageState,
     kind: &StepKind,
     scratch: &std::path::Path,
@@ -243,7 +257,8 @@ fn run_step(
             let (source, preserve_owner) = match &c.from {
                 CopyFrom::Context => (inp.context, None),
                 CopyFrom::Stage(i) => {
-                    let st = states
+                    let st = others
+                        .stages
                         .get_mut(i)
                         .ok_or_else(|| anyhow!("stage {i} was not built"))?;
                     let root = st.rootfs(inp.store)?.to_path_buf();
@@ -251,9 +266,27 @@ fn run_step(
                     (&stage_view, st.rootfs.as_ref())
                 }
                 CopyFrom::Image(r) => {
-                    return Err(anyhow!(
-                        "COPY --from={r}: copying from an image is not supported by this build of rbuild yet (no stage is named {r:?})"
-                    ))
+                    if let Some(dir) = inp.images.local_dir(r) {
+                        stage_view = BuildContext::from_dir(dir, None)?;
+                        (&stage_view, None)
+                    } else {
+                        if !others.images.contains_key(r) {
+                            let base = inp.images.image(r)?;
+                            let st = StageState {
+                                config: base.config,
+                                layers: base.layers,
+                                rootfs: None,
+                            };
+                            others.images.insert(r.clone(), st);
+                        }
+                        let st = others
+                            .images
+                            .get_mut(r)
+                            .ok_or_else(|| anyhow!("image {r} was not resolved"))?;
+                        let root = st.rootfs(inp.store)?.to_path_buf();
+                        stage_view = BuildContext::unfiltered(&root)?;
+                        (&stage_view, st.rootfs.as_ref())
+                    }
                 }
             };
             let entries = copy_entries(

@@ -1,7 +1,10 @@
 //! The content store: blobs by digest under the cache directory, written atomically.
 //!
 //! Layout: `<root>/blobs/sha256/<hex>` for content, `<root>/tmp/` for blobs being written
-//! (same filesystem, so a finished blob is renamed into place).
+//! (same filesystem, so a finished blob is renamed into place), `<root>/images/` for image
+//! names (see [`images`]).
+
+pub mod images;
 
 use std::fmt;
 use std::fs::{self, File};
@@ -113,7 +116,7 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["blobs/sha256", "tmp"] {
+        for sub in ["blobs/sha256", "tmp", "images"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create cache directory {}", root.display()))?;
         }

@@ -1,0 +1,257 @@
+//! Images whose blobs are in the store: manifests and indexes read back, the host's
+//! platform picked from an index, and the result handed to the solver as a base.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+use crate::image::config::ImageConfig;
+use crate::image::Layer;
+use crate::plan::Platform;
+use crate::store::{Digest, Store};
+
+/// A base image ready to build on: every blob it names is in the store.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    /// What the Dockerfile named, normalised (e.g. `docker.io/library/busybox:latest`).
+    pub name: String,
+    /// Digest of the manifest (or of the index it was selected from, when there was one).
+    pub digest: Digest,
+    /// Its config.
+    pub config: ImageConfig,
+    /// Its layers, bottom first.
+    pub layers: Vec<Layer>,
+}
+
+/// What a manifest-like blob is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    /// An image manifest (OCI or Docker schema 2).
+    Manifest,
+    /// An image index or Docker manifest list.
+    Index,
+}
+
+/// Tells a manifest from an index by `mediaType`, or by shape when it has none.
+pub fn manifest_kind(doc: &Value) -> Result<ManifestKind> {
+    match doc.get("mediaType").and_then(Value::as_str) {
+        Some(
+            "application/vnd.oci.image.index.v1+json"
+            | "application/vnd.docker.distribution.manifest.list.v2+json",
+        ) => Ok(ManifestKind::Index),
+        Some(
+            "application/vnd.oci.image.manifest.v1+json"
+            | "application/vnd.docker.distribution.manifest.v2+json",
+        ) => Ok(ManifestKind::Manifest),
+        Some(other) => bail!("unsupported manifest media type {other:?}"),
+        None if doc.get("manifests").is_some() => Ok(ManifestKind::Index),
+        None if doc.get("layers").is_some() => Ok(ManifestKind::Manifest),
+        None => bail!("not an image manifest or index"),
+    }
+}
+
+/// The digest of the entry of an index that matches `platform`; the error lists what
+/// the index offers.
+pub fn select_platform(index: &Value, platform: &Platform) -> Result<Digest> {
+    let entries = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("image index without manifests"))?;
+    let mut offered = Vec::new();
+    let mut fallback = None;
+    for e in entries {
+        let Some(p) = e.get("platform") else { continue };
+        let os = p.get("os").and_then(Value::as_str).unwrap_or("");
+        let arch = p.get("architecture").and_then(Value::as_str).unwrap_or("");
+        let variant = p.get("variant").and_then(Value::as_str);
+        offered.push(match variant {
+            Some(v) => format!("{os}/{arch}/{v}"),
+            None => format!("{os}/{arch}"),
+        });
+        if os != platform.os || arch != platform.arch {
+            continue;
+        }
+        let digest = e
+            .get("digest")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("index entry without a digest"))?;
+        let wanted = platform.variant.as_deref().or(default_variant(arch));
+        let have = variant.or(default_variant(arch));
+        if wanted == have || wanted.is_none() {
+            return digest.parse();
+        }
+        fallback.get_or_insert(digest.to_string());
+    }
+    if let Some(d) = fallback {
+        return d.parse();
+    }
+    bail!(
+        "no image for platform {platform} in the index (it has: {})",
+        if offered.is_empty() {
+            "no platform information".to_string()
+        } else {
+            offered.join(", ")
+        }
+    )
+}
+
+fn default_variant(arch: &str) -> Option<&'static str> {
+    match arch {
+        "arm64" => Some("v8"),
+        _ => None,
+    }
+}
+
+/// The layer media type rbuild writes in its own manifests for a layer of `media_type`
+/// (Docker's names become the OCI ones; the bytes are the same).
+pub fn oci_layer_media_type(media_type: &str) -> String {
+    match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip".into()
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => {
+            "application/vnd.oci.image.layer.v1.tar".into()
+        }
+        other => other.into(),
+    }
+}
+
+/// Opens the image whose manifest or index is blob `digest`, choosing `platform` from an
+/// index. Every blob must be present.
+pub fn open_stored(
+    store: &Store,
+    name: &str,
+    digest: &Digest,
+    platform: &Platform,
+) -> Result<BaseImage> {
+    let bytes = store
+        .read_blob(digest)
+        .with_context(|| format!("image {name} is incomplete in the store"))?;
+    let doc: Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("image {name}: manifest {digest} is not JSON"))?;
+    let manifest_digest = match manifest_kind(&doc)? {
+        ManifestKind::Index => {
+            let chosen =
+                select_platform(&doc, platform).with_context(|| format!("image {name}"))?;
+            return open_manifest(store, name, &chosen).map(|mut b| {
+                b.digest = digest.clone();
+                b
+            });
+        }
+        ManifestKind::Manifest => digest.clone(),
+    };
+    open_manifest(store, name, &manifest_digest)
+}
+
+fn open_manifest(store: &Store, name: &str, digest: &Digest) -> Result<BaseImage> {
+    let bytes = store.read_blob(digest).with_context(|| {
+        format!("image {name}: the manifest for this platform is not in the store")
+    })?;
+    let doc: Value = serde_json::from_slice(&bytes)?;
+    if manifest_kind(&doc)? != ManifestKind::Manifest {
+        bail!("image {name}: nested image indexes are not supported");
+    }
+    let config_digest: Digest = doc
+        .pointer("/config/digest")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("image {name}: manifest without a config"))?
+        .parse()?;
+    let config_bytes = store
+        .read_blob(&config_digest)
+        .with_context(|| format!("image {name}: config is missing"))?;
+    let config: ImageConfig = serde_json::from_slice(&config_bytes).with_context(|| {
+        format!("image {name}: config {config_digest} is not a valid image config")
+    })?;
+    let layer_docs = doc
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("image {name}: manifest without layers"))?;
+    if layer_docs.len() != config.rootfs.diff_ids.len() {
+        bail!(
+            "image {name}: the manifest has {} layers but the config {} diff ids",
+            layer_docs.len(),
+            config.rootfs.diff_ids.len()
+        );
+    }
+    let mut layers = Vec::new();
+    for (l, diff_id) in layer_docs.iter().zip(&config.rootfs.diff_ids) {
+        let media_type = l
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if media_type.contains("foreign") || media_type.contains("nondistributable") {
+            bail!("image {name}: foreign (non-distributable) layers are not supported");
+        }
+        let layer = Layer {
+            digest: l
+                .get("digest")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("image {name}: layer without a digest"))?
+                .parse()?,
+            diff_id: diff_id.parse()?,
+            size: l.get("size").and_then(Value::as_u64).unwrap_or(0),
+            media_type: oci_layer_media_type(media_type),
+        };
+        if !store.has_blob(&layer.digest) {
+            bail!(
+                "image {name} is incomplete in the store: layer {} is missing",
+                layer.digest
+            );
+        }
+        layers.push(layer);
+    }
+    Ok(BaseImage {
+        name: name.to_string(),
+        digest: digest.clone(),
+        config,
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn selects_the_platform_and_lists_the_others() {
+        let idx = json!({"manifests": [
+            {"digest": format!("sha256:{}", "1".repeat(64)), "platform": {"os": "linux", "architecture": "arm64"}},
+            {"digest": format!("sha256:{}", "2".repeat(64)), "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": format!("sha256:{}", "3".repeat(64)), "platform": {"os": "linux", "architecture": "arm", "variant": "v6"}},
+            {"digest": format!("sha256:{}", "4".repeat(64)), "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+        ]});
+        let p = |s: &str| Platform::parse(s).unwrap();
+        assert_eq!(
+            select_platform(&idx, &p("linux/amd64")).unwrap().hex(),
+            "2".repeat(64)
+        );
+        assert_eq!(
+            select_platform(&idx, &p("linux/arm64/v8")).unwrap().hex(),
+            "1".repeat(64)
+        );
+        assert_eq!(
+            select_platform(&idx, &p("linux/arm/v7")).unwrap().hex(),
+            "4".repeat(64)
+        );
+        let e = select_platform(&idx, &p("linux/s390x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("linux/arm/v6") && e.contains("linux/amd64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kinds_by_media_type_or_shape() {
+        assert_eq!(
+            manifest_kind(&json!({"manifests": []})).unwrap(),
+            ManifestKind::Index
+        );
+        assert_eq!(
+            manifest_kind(&json!({"layers": []})).unwrap(),
+            ManifestKind::Manifest
+        );
+        assert!(manifest_kind(&json!({"mediaType": "text/plain"})).is_err());
+    }
+}

@@ -8,12 +8,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 
+use crate::cancel::Cancel;
 use crate::context::BuildContext;
 use crate::dockerfile::{self, ast::Dockerfile};
 use crate::export::{export, Destination, ExportRequest, OutputKind};
 use crate::image::reference::Reference;
 use crate::plan::{LineError, Plan, PlanOptions, Platform};
 use crate::progress::{Mode, Progress};
+use crate::sandbox::seccomp::Filter;
+use crate::solver::run::RunEnvironment;
 use crate::solver::{build, BuildInputs};
 use crate::source::resolver::{NamedContext, PullPolicy, Resolver};
 use crate::store::Store;
@@ -94,6 +97,10 @@ pub struct BuildArgs {
     /// or a directory; `FROM NAME` and `COPY --from=NAME` use it. Repeatable.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
+    /// How RUN steps are isolated: auto (namespaces; chroot when rbuild runs as root where
+    /// namespaces cannot be made), namespaces, or chroot.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub isolation: String,
     /// The build context: a directory, or `-` for a tar stream on stdin.
     #[arg(value_name = "CONTEXT")]
     pub context: String,
@@ -246,6 +253,53 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
         }
     }
     Ok(out)
+}
+
+/// True when a stage the target needs has a RUN instruction.
+fn plan_has_run(plan: &Plan) -> bool {
+    plan.order.iter().any(|&i| {
+        plan.stages[i]
+            .instructions
+            .iter()
+            .any(|inst| inst.keyword == crate::dockerfile::ast::Keyword::Run)
+    })
+}
+
+/// Enters the user namespace (unless root) and compiles the seccomp profile. Runs while
+/// the process has one thread.
+fn prepare_sandbox(isolation: &str, progress: &Progress) -> Result<RunEnvironment> {
+    use crate::sandbox::run::Isolation;
+    let cancel = Cancel::install();
+    let wanted = match isolation {
+        "auto" => None,
+        "namespaces" | "oci" | "rootless" => Some(Isolation::Namespaces),
+        "chroot" => Some(Isolation::Chroot),
+        other => bail!("invalid --isolation {other:?}: expected auto, namespaces or chroot"),
+    };
+    let mapping = crate::sandbox::userns::enter()?;
+    if let crate::sandbox::userns::Mapping::SingleId { reason } = &mapping {
+        progress.note(&format!(
+            "warning: only your own user id is mapped into the build's user namespace ({reason}): files in RUN steps can belong to root only, and chown to other ids fails"
+        ));
+    }
+    let isolation = match wanted {
+        Some(i) => i,
+        None if crate::sandbox::run::namespaces_work() => Isolation::Namespaces,
+        None => {
+            progress.note("warning: cannot create namespaces here; RUN steps use the chroot isolation (see README)");
+            Isolation::Chroot
+        }
+    };
+    let caps = crate::sandbox::caps::DEFAULT_CAPS
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let seccomp = Filter::default_profile(&caps, crate::sandbox::seccomp::kernel_version())?;
+    Ok(RunEnvironment {
+        isolation,
+        seccomp,
+        cancel,
+    })
 }
 
 /// Parses `--build-context NAME=VALUE` values.
@@ -411,6 +465,11 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         },
     )
     .map_err(fail)?;
+    let run_env = if plan_has_run(&plan) {
+        Some(prepare_sandbox(&args.isolation, &progress).map_err(build_failed)?)
+    } else {
+        None
+    };
     let resolver = Resolver::new(&store, plan.options.platform.clone(), pull, named, None);
     let output = build(&BuildInputs {
         plan: &plan,
@@ -420,6 +479,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         epoch,
         labels: &labels,
         images: &resolver,
+        run: run_env.as_ref(),
     })
     .map_err(fail)?;
     if !output.unused_build_args.is_empty() {

@@ -3,6 +3,7 @@
 //! Data flows one way: [`dockerfile`] → [`plan`] → [`solver`] (with [`snapshot`], [`store`],
 //! [`context`], [`source`]) → [`export`].
 
+pub mod cancel;
 pub mod cli;
 pub mod context;
 pub mod dockerfile;
@@ -10,6 +11,7 @@ pub mod export;
 pub mod image;
 pub mod plan;
 pub mod progress;
+pub mod sandbox;
 pub mod snapshot;
 pub mod solver;
 pub mod source;

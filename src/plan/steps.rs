@@ -152,10 +152,12 @@ pub struct CopyStep {
 /// A RUN, fully prepared for the sandbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunStep {
-    /// The command: exec form, or the SHELL plus the command text.
+    /// The command: exec form, or the SHELL plus the command text (heredocs included, for
+    /// the shell to read; or the heredoc body itself when it is the whole command).
     pub argv: Vec<String>,
-    /// Heredoc files the command refers to (bodies expanded where unquoted).
-    pub heredocs: Vec<Heredoc>,
+    /// A heredoc script with a shebang that is the whole command: (name, body), run as
+    /// `/dev/pipes/<name>`.
+    pub script: Option<(String, String)>,
     /// Environment: image ENV plus build args in scope (`KEY=value`).
     pub env: Vec<String>,
     /// `--network` value.
@@ -388,21 +390,12 @@ pub fn expand_stage(plan: &Plan, stage: usize, base: &ImageConfig) -> Result<Exp
                 if !env.iter().any(|e| e.starts_with("PATH=")) {
                     env.push(format!("PATH={DEFAULT_PATH}"));
                 }
-                let mut docs = Vec::new();
-                for h in heredocs {
-                    let content = if h.expand {
-                        expand_heredoc(&h.content, &vars, esc).map_err(|e| err(&e))?
-                    } else {
-                        h.content.clone()
-                    };
-                    docs.push(Heredoc {
-                        content,
-                        ..h.clone()
-                    });
-                }
+                // Heredoc bodies are left to the shell, which expands them at run time
+                // (with the build args in its environment) unless the delimiter is quoted.
+                let (argv, script) = run_command(command, heredocs, &cfg);
                 StepKind::Run(RunStep {
-                    argv: argv_of(command, &cfg),
-                    heredocs: docs,
+                    argv,
+                    script,
                     env,
                     network: flag_value(inst, "network"),
                     mounts: flag_values(inst, "mount"),
@@ -463,6 +456,48 @@ fn argv_of(command: &CommandLine, cfg: &ImageConfig) -> Vec<String> {
             argv
         }
     }
+}
+
+/// The argv of a RUN and its heredoc script, if the command is one heredoc with a shebang.
+fn run_command(
+    command: &CommandLine,
+    heredocs: &[Heredoc],
+    cfg: &ImageConfig,
+) -> (Vec<String>, Option<(String, String)>) {
+    let CommandLine::Shell(text) = command else {
+        return (argv_of(command, cfg), None);
+    };
+    if heredocs.is_empty() {
+        return (argv_of(command, cfg), None);
+    }
+    let mut shell: Vec<String> = if cfg.config.shell.is_empty() {
+        DEFAULT_SHELL.iter().map(|s| s.to_string()).collect()
+    } else {
+        cfg.config.shell.clone()
+    };
+    if let [only] = heredocs {
+        let marker = text
+            .trim()
+            .trim_start_matches("<<")
+            .trim_start_matches('-')
+            .trim_matches(|c| c == '"' || c == '\'');
+        if marker == only.name {
+            if only.content.starts_with("#!") {
+                let path = format!("/dev/pipes/{}", only.name);
+                return (vec![path], Some((only.name.clone(), only.content.clone())));
+            }
+            shell.push(only.content.clone());
+            return (shell, None);
+        }
+    }
+    let mut full = text.clone();
+    for h in heredocs {
+        full.push('\n');
+        full.push_str(&h.content);
+        full.push_str(&h.name);
+    }
+    shell.push(full);
+    (shell, None)
 }
 
 /// Joins a relative path onto `cwd` (default `/`) and cleans it.

@@ -304,7 +304,13 @@ impl Applier<'_> {
         mtime: i64,
     ) -> Result<()> {
         if self.opts.set_owners && self.privileged {
-            std::os::unix::fs::lchown(host, Some(uid as u32), Some(gid as u32))?;
+            match std::os::unix::fs::lchown(host, Some(uid as u32), Some(gid as u32)) {
+                Ok(()) => {}
+                // An id the user namespace does not map (only one id is): the file stays
+                // root's, the documented limit of that mode.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         if let Some(mode) = mode {
             // After chown, which clears setuid/setgid.

@@ -6,6 +6,7 @@ mod apply;
 pub mod compression;
 mod layer;
 pub mod tar_writer;
+pub mod walk;
 
 use std::path::PathBuf;
 

@@ -3,6 +3,7 @@
 
 pub mod copy;
 pub mod rootfs;
+pub mod run;
 pub mod users;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,12 +17,13 @@ use crate::image::config::{History, ImageConfig};
 use crate::image::{BuiltImage, Layer, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST};
 use crate::plan::steps::{expand_stage, ConfigEdit, CopyFrom, StepKind, DEFAULT_PATH};
 use crate::plan::{at_line, with_line, Base, Plan, Platform};
-use crate::progress::Progress;
+use crate::progress::{Progress, StepHandle};
 use crate::snapshot::{write_layer, EntryKind, LayerEntry, LayerOptions};
 use crate::source::resolver::Resolver;
 use crate::store::Store;
 use copy::{copy_entries, CopyInputs};
 use rootfs::{read_image_file, resolve_in_root, FileKind, Rootfs};
+use run::{run_command, RunEnvironment};
 use users::resolve_owner;
 
 /// What a build needs besides the plan.
@@ -40,6 +42,8 @@ pub struct BuildInputs<'a> {
     pub labels: &'a BTreeMap<String, String>,
     /// Where `FROM <image>` and `COPY --from=<image>` find their images.
     pub images: &'a Resolver<'a>,
+    /// How RUN steps execute (None: the build has none, so no sandbox was prepared).
+    pub run: Option<&'a RunEnvironment>,
 }
 
 /// The result of a build.
@@ -139,6 +143,7 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
                 &step.kind,
                 scratch.path(),
                 now,
+                &handle,
             )
             .map_err(|e| with_line(step.line, e));
             let layer = match result {
@@ -214,6 +219,7 @@ fn run_step(
     kind: &StepKind,
     scratch: &std::path::Path,
     now: i64,
+    handle: &StepHandle,
 ) -> Result<Option<Layer>> {
     let opts = LayerOptions {
         clamp_mtime: inp.epoch,
@@ -303,9 +309,32 @@ fn run_step(
             )?;
             Ok(Some(write_layer(inp.store, entries, &opts)?))
         }
-        StepKind::Run(_) => Err(anyhow!(
-            "RUN is not supported yet: this build of rbuild has no sandbox to run commands in"
-        )),
+        StepKind::Run(r) => {
+            let env = inp.run.ok_or_else(|| {
+                anyhow!("RUN needs the sandbox, which this build did not prepare")
+            })?;
+            let root = state.rootfs(inp.store)?.to_path_buf();
+            let result = run_command(env, &root, &state.config, r, scratch, &mut |line| {
+                inp.progress.log(handle, line)
+            });
+            let entries = match result {
+                Ok(e) => e,
+                Err(e) => {
+                    // The tree may be half-changed: rebuild it from the layers if needed.
+                    state.rootfs = None;
+                    return Err(e);
+                }
+            };
+            if entries.is_empty() {
+                return Ok(None);
+            }
+            let layer = write_layer(inp.store, entries, &opts)?;
+            if let Some(r) = state.rootfs.as_mut() {
+                // The tree already holds this layer's changes.
+                r.assume_applied(state.layers.len() + 1);
+            }
+            Ok(Some(layer))
+        }
     }
 }
 

@@ -109,9 +109,107 @@ pub fn resolve_owner(spec: &str, passwd: Option<&str>, group: Option<&str>) -> R
     Ok(Owner { uid, gid })
 }
 
+/// Who a RUN step runs as: ids, supplementary groups and home directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunUser {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups (the primary one included).
+    pub groups: Vec<u32>,
+    /// Home directory (for `HOME` when the environment has none).
+    pub home: String,
+}
+
+/// Resolves the config's `USER` for a RUN step. `name|uid` runs with the user's primary
+/// group and every group of `/etc/group` listing the user; `user:group` with that group
+/// only; a uid without a passwd entry with gid 0; an unknown name is Docker's error.
+pub fn resolve_run_user(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<RunUser> {
+    let spec = if spec.is_empty() { "0" } else { spec };
+    let users = passwd.map(parse_passwd).unwrap_or_default();
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let entry = match user.parse::<u32>() {
+        Ok(uid) => users.iter().find(|e| e.uid == uid).cloned(),
+        Err(_) => Some(
+            users
+                .iter()
+                .find(|e| e.name == user)
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow!("unable to find user {user}: no matching entries in passwd file")
+                })?,
+        ),
+    };
+    let uid = match &entry {
+        Some(e) => e.uid,
+        None => user
+            .parse::<u32>()
+            .map_err(|_| anyhow!("invalid user {spec:?}"))?,
+    };
+    let home = entry.as_ref().map(|e| e.home.clone()).unwrap_or_else(|| {
+        if uid == 0 {
+            "/root".into()
+        } else {
+            "/".into()
+        }
+    });
+    if let Some(g) = grp.filter(|g| !g.is_empty()) {
+        let gid = resolve_owner(&format!("{uid}:{g}"), passwd, group)?.gid;
+        return Ok(RunUser {
+            uid,
+            gid,
+            groups: vec![gid],
+            home,
+        });
+    }
+    let gid = entry.as_ref().map_or(0, |e| e.gid);
+    let mut groups = vec![gid];
+    if let Some(e) = &entry {
+        for (_, g, members) in parse_group(group.unwrap_or("")) {
+            if members.contains(&e.name) && !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+    }
+    Ok(RunUser {
+        uid,
+        gid,
+        groups,
+        home,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_users_get_their_supplementary_groups() {
+        let r = |s| resolve_run_user(s, Some(PASSWD), Some(GROUP));
+        let app = r("app").unwrap();
+        assert_eq!(
+            (app.uid, app.gid, app.groups.clone()),
+            (1000, 1001, vec![1001, 2000])
+        );
+        assert_eq!(app.home, "/home/app");
+        assert_eq!(r("1000").unwrap().groups, vec![1001, 2000]);
+        assert_eq!(r("app:extra").unwrap().groups, vec![2000]);
+        let nobody = r("4242").unwrap();
+        assert_eq!(
+            (nobody.gid, nobody.groups, nobody.home),
+            (0, vec![0], "/".to_string())
+        );
+        assert_eq!(r("").unwrap().home, "/root");
+        let e = r("ghost").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "unable to find user ghost: no matching entries in passwd file"
+        );
+    }
 
     const PASSWD: &str =
         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:App:/home/app:/bin/sh\nbroken\n";

@@ -1,0 +1,593 @@
+//! Running one RUN command in its sandbox.
+//!
+//! Process tree: rbuild forks a *keeper*, which unshares mount, pid, ipc, uts (and, for
+//! `--network=none`, net) namespaces and forks the *init* (pid 1 of the new pid
+//! namespace). Init mounts the step's root (proc, a minimal /dev, read-only /sys, the
+//! generated /etc files), pivots into it and forks the command, then reaps every process
+//! until the command exits — and by exiting, ends every process left in the namespace.
+//! The command drops capabilities to Docker's default set, sets no_new_privs, loads the
+//! seccomp filter, takes the step's user and groups, and execs. Killing the keeper kills
+//! init (parent-death signal), which kills the rest: cancellation leaves nothing behind,
+//! and the mounts vanish with their namespace.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::caps::restrict_capabilities;
+use super::seccomp::Filter;
+use super::Cancel;
+
+/// The network a step gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network (the default, as BuildKit's `--network=default` in rootless mode).
+    Host,
+    /// A new network namespace with only `lo`.
+    None,
+}
+
+/// How a step is isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Namespaces, pivot_root, capabilities, seccomp.
+    Namespaces,
+    /// chroot into the root, for containers where namespaces cannot be made.
+    Chroot,
+}
+
+/// Who the command runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// Everything the sandbox needs for one command.
+pub struct RunSpec<'a> {
+    /// The step's root filesystem (a private directory).
+    pub rootfs: &'a Path,
+    /// The command.
+    pub argv: &'a [String],
+    /// Its environment (`KEY=value`).
+    pub env: &'a [String],
+    /// Working directory inside the root (exists).
+    pub cwd: &'a str,
+    /// User and groups.
+    pub user: &'a Credentials,
+    /// Network mode.
+    pub network: Network,
+    /// Isolation mode.
+    pub isolation: Isolation,
+    /// Files bind-mounted over `/etc/<name>` (hosts, hostname, resolv.conf), from a
+    /// directory outside the root.
+    pub etc_files: &'a [(String, PathBuf)],
+    /// A script for a heredoc RUN with a shebang, made available at `/dev/pipes/<name>`.
+    pub script: Option<(&'a str, &'a str)>,
+    /// The compiled seccomp filter (None: no filter, e.g. `--security=insecure`).
+    pub seccomp: Option<&'a Filter>,
+    /// The step's hostname.
+    pub hostname: &'a str,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It exited with this code.
+    Exited(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+}
+
+/// Runs the command, passing its output (stdout and stderr, interleaved) to `output`.
+pub fn run(spec: &RunSpec<'_>, cancel: &Cancel, mut output: impl FnMut(&[u8])) -> Result<Outcome> {
+    let (out_r, out_w) = pipe_cloexec()?;
+    let (err_r, err_w) = pipe_cloexec()?;
+    // Everything the children need is prepared before forking (no allocation surprises).
+    let prepared = Prepared::new(spec)?;
+    // SAFETY: rbuild runs no other threads while a step runs; the child only performs
+    // the sandbox setup and exits or execs.
+    let keeper = match unsafe { fork() }.context("cannot fork")? {
+        ForkResult::Child => {
+            drop(out_r);
+            drop(err_r);
+            let code = match keeper_main(spec, &prepared, out_w.as_raw_fd(), &err_w) {
+                Ok(code) => code,
+                Err(e) => {
+                    report(&err_w, &format!("{e:#}"));
+                    126
+                }
+            };
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(out_w);
+    drop(err_w);
+    let result = pump(keeper, out_r, cancel, &mut output);
+    let mut setup_error = String::new();
+    let mut f = fs::File::from(err_r);
+    let _ = f.read_to_string(&mut setup_error);
+    let outcome = result?;
+    if !setup_error.is_empty() {
+        bail!("{}", setup_error.trim_end());
+    }
+    Ok(outcome)
+}
+
+/// Streams the output until it closes and the keeper exits; kills the keeper (and so the
+/// whole step) on cancellation.
+fn pump(
+    keeper: Pid,
+    out: OwnedFd,
+    cancel: &Cancel,
+    output: &mut impl FnMut(&[u8]),
+) -> Result<Outcome> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut open = true;
+    let mut killed = false;
+    loop {
+        if cancel.requested() && !killed {
+            let _ = nix::sys::signal::kill(keeper, nix::sys::signal::Signal::SIGKILL);
+            killed = true;
+        }
+        if open {
+            let mut pfd = [libc::pollfd {
+                fd: out.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(pfd.as_mut_ptr(), 1, 100) };
+            if n > 0 {
+                match nix::unistd::read(&out, &mut buf) {
+                    Ok(0) => open = false,
+                    Ok(k) => output(&buf[..k]),
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                    Err(_) => open = false,
+                }
+            }
+            continue;
+        }
+        match waitpid(keeper, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(WaitStatus::Exited(_, code)) => {
+                if killed {
+                    bail!("cancelled");
+                }
+                return Ok(decode(code));
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                if killed {
+                    bail!("cancelled");
+                }
+                return Ok(Outcome::Signaled(sig as i32));
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Exit codes from init: 128+N means "killed by signal N" (as a shell reports it).
+fn decode(code: i32) -> Outcome {
+    if code > 128 && code < 128 + 65 {
+        Outcome::Signaled(code - 128)
+    } else {
+        Outcome::Exited(code)
+    }
+}
+
+/// C strings and paths computed before forking.
+struct Prepared {
+    argv0: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+}
+
+impl Prepared {
+    fn new(spec: &RunSpec<'_>) -> Result<Prepared> {
+        let cs = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL byte in {s:?}"));
+        let argv: Vec<CString> = spec.argv.iter().map(|a| cs(a)).collect::<Result<_>>()?;
+        let first = spec
+            .argv
+            .first()
+            .ok_or_else(|| anyhow!("RUN has an empty command"))?;
+        let path = spec
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(crate::plan::steps::DEFAULT_PATH);
+        let argv0 = if first.contains('/') {
+            first.clone()
+        } else {
+            // Looked up in the step's root, where it will be after pivot_root.
+            path.split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| format!("{}/{first}", d.trim_end_matches('/')))
+                .find(|p| is_executable_in(spec.rootfs, p))
+                .ok_or_else(|| anyhow!("exec: \"{first}\": executable file not found in $PATH"))?
+        };
+        Ok(Prepared {
+            argv0: cs(&argv0)?,
+            argv,
+            env: spec.env.iter().map(|e| cs(e)).collect::<Result<_>>()?,
+            cwd: cs(spec.cwd)?,
+        })
+    }
+}
+
+/// True if absolute `path` (inside `root`) names an executable file, symlinks resolved
+/// inside the root.
+fn is_executable_in(root: &Path, path: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(r) = crate::solver::rootfs::resolve_in_root(root, path, true) else {
+        return false;
+    };
+    fs::metadata(root.join(&r.rel))
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn keeper_main(spec: &RunSpec<'_>, p: &Prepared, out: RawFd, err: &OwnedFd) -> Result<i32> {
+    // SAFETY: plain prctl call: die with rbuild.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if spec.isolation == Isolation::Chroot {
+        return chroot_main(spec, p, out, err);
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    if spec.network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).context("cannot create the step's namespaces")?;
+    // SAFETY: single-threaded child.
+    match unsafe { fork() }.context("cannot fork the step's init")? {
+        ForkResult::Child => {
+            let code = match init_main(spec, p, out, err) {
+                Ok(code) => code,
+                Err(e) => {
+                    report(err, &format!("{e:#}"));
+                    126
+                }
+            };
+            // SAFETY: leave without destructors.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            // SAFETY: closing our copy of the output so EOF comes when the step ends.
+            unsafe { libc::close(out) };
+            Ok(wait_for(child))
+        }
+    }
+}
+
+fn wait_for(child: Pid) -> i32 {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, c)) => return c,
+            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 126,
+        }
+    }
+}
+
+/// pid 1 of the step: mounts, pivot_root, then runs the command and reaps orphans.
+fn init_main(spec: &RunSpec<'_>, p: &Prepared, out: RawFd, err: &OwnedFd) -> Result<i32> {
+    // SAFETY: plain prctl call.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    setup_mounts(spec)?;
+    nix::unistd::sethostname(spec.hostname).ok();
+    if spec.network == Network::None {
+        loopback_up()?;
+    }
+    // SAFETY: single-threaded.
+    match unsafe { fork() }.context("cannot fork the command")? {
+        ForkResult::Child => {
+            let e = exec_command(spec, p, out);
+            report(err, &format!("{e:#}"));
+            // SAFETY: leave without destructors.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            // SAFETY: init keeps no copy of the output.
+            unsafe { libc::close(out) };
+            loop {
+                match waitpid(Pid::from_raw(-1), None) {
+                    Ok(WaitStatus::Exited(pid, c)) if pid == child => return Ok(c),
+                    Ok(WaitStatus::Signaled(pid, s, _)) if pid == child => {
+                        return Ok(128 + s as i32)
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return Ok(126),
+                }
+            }
+        }
+    }
+}
+
+/// The chroot isolation: no new namespaces (they cannot be made), only chroot,
+/// capabilities, no_new_privs, seccomp and the user change.
+fn chroot_main(spec: &RunSpec<'_>, p: &Prepared, out: RawFd, err: &OwnedFd) -> Result<i32> {
+    // SAFETY: single-threaded.
+    match unsafe { fork() }.context("cannot fork the command")? {
+        ForkResult::Child => {
+            let e = (|| -> Result<std::convert::Infallible> {
+                nix::unistd::chroot(spec.rootfs).context("chroot")?;
+                nix::unistd::chdir("/")?;
+                Err(exec_command(spec, p, out))
+            })()
+            .err()
+            .unwrap_or_else(|| anyhow!("exec failed"));
+            report(err, &format!("{e:#}"));
+            // SAFETY: leave without destructors.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            // SAFETY: closing our copy of the output.
+            unsafe { libc::close(out) };
+            Ok(wait_for(child))
+        }
+    }
+}
+
+fn setup_mounts(spec: &RunSpec<'_>) -> Result<()> {
+    let root = spec.rootfs;
+    let none: Option<&str> = None;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .context("cannot make the mounts private")?;
+    mount(
+        Some(root),
+        root,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )
+    .context("cannot bind the step's root")?;
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_dir = root.join("proc");
+    if mount(Some("proc"), &proc_dir, Some("proc"), nosuid, none).is_err() {
+        // Inside containers whose /proc has masked paths a fresh proc is refused.
+        mount(
+            Some("/proc"),
+            &proc_dir,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .context("cannot mount /proc")?;
+    }
+    let dev = root.join("dev");
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )
+    .context("cannot mount /dev")?;
+    for d in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(d);
+        fs::File::create(&target)?;
+        let src = format!("/dev/{d}");
+        if Path::new(&src).exists() {
+            mount(Some(src.as_str()), &target, none, MsFlags::MS_BIND, none)
+                .with_context(|| format!("cannot bind {src}"))?;
+        }
+    }
+    fs::create_dir(dev.join("pts"))?;
+    if mount(
+        Some("devpts"),
+        &dev.join("pts"),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .is_ok()
+    {
+        std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx"))?;
+    }
+    fs::create_dir(dev.join("shm"))?;
+    mount(
+        Some("shm"),
+        &dev.join("shm"),
+        Some("tmpfs"),
+        nosuid,
+        Some("mode=1777,size=65536k"),
+    )
+    .context("cannot mount /dev/shm")?;
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(name))?;
+    }
+    if let Some((name, body)) = spec.script {
+        use std::os::unix::fs::PermissionsExt;
+        fs::create_dir(dev.join("pipes"))?;
+        let path = dev.join("pipes").join(name);
+        fs::write(&path, body)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    }
+    let sys = root.join("sys");
+    let ro = MsFlags::MS_RDONLY | nosuid;
+    if mount(Some("sysfs"), &sys, Some("sysfs"), ro, none).is_err()
+        && mount(
+            Some("/sys"),
+            &sys,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none,
+        )
+        .is_ok()
+    {
+        // A read-only remount keeps the flags the kernel locked on the original.
+        let locked = nix::sys::statvfs::statvfs("/sys")
+            .map(|s| s.flags())
+            .unwrap_or(nix::sys::statvfs::FsFlags::empty());
+        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        for (fs_flag, ms_flag) in [
+            (nix::sys::statvfs::FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (nix::sys::statvfs::FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (nix::sys::statvfs::FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        ] {
+            if locked.contains(fs_flag) {
+                flags |= ms_flag;
+            }
+        }
+        let _ = mount(none, &sys, none, flags, none);
+    }
+    for (name, source) in spec.etc_files {
+        let target = root.join("etc").join(name);
+        // Only over a regular file (created by the caller if missing): a symlink there
+        // could point anywhere on the host.
+        if target.symlink_metadata().is_ok_and(|m| m.is_file()) {
+            mount(
+                Some(source.as_path()),
+                &target,
+                none,
+                MsFlags::MS_BIND,
+                none,
+            )
+            .with_context(|| format!("cannot bind /etc/{name}"))?;
+        }
+    }
+    nix::unistd::chdir(root)?;
+    nix::unistd::pivot_root(".", ".").context("pivot_root")?;
+    umount2(".", MntFlags::MNT_DETACH).context("cannot detach the old root")?;
+    nix::unistd::chdir("/")?;
+    Ok(())
+}
+
+/// Brings `lo` up in a new network namespace.
+fn loopback_up() -> Result<()> {
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("cannot open a socket to bring up lo");
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        libc::close(fd);
+        if rc != 0 {
+            bail!("cannot bring up lo: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Becomes the step's process: output, credentials, capabilities, no_new_privs,
+/// seccomp, working directory, exec. Returns only on failure.
+fn exec_command(spec: &RunSpec<'_>, p: &Prepared, out: RawFd) -> anyhow::Error {
+    let r = (|| -> Result<std::convert::Infallible> {
+        // SAFETY: fds are valid; /dev/null opened read-only for stdin.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                libc::close(null);
+            }
+            libc::dup2(out, 1);
+            libc::dup2(out, 2);
+            libc::close(out);
+            libc::setsid();
+        }
+        let u = spec.user;
+        let groups: Vec<nix::unistd::Gid> = u
+            .groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        if let Err(e) = nix::unistd::setgroups(&groups) {
+            // With only one id mapped, setgroups is denied: the step keeps no groups.
+            if !(e == nix::errno::Errno::EPERM && u.groups.iter().all(|g| *g == u.gid)) {
+                return Err(anyhow!("setgroups: {e}"));
+            }
+        }
+        restrict_capabilities(u.uid)?;
+        let gid = nix::unistd::Gid::from_raw(u.gid);
+        nix::unistd::setresgid(gid, gid, gid).map_err(|e| anyhow!("setgid {}: {e}", u.gid))?;
+        let uid = nix::unistd::Uid::from_raw(u.uid);
+        nix::unistd::setresuid(uid, uid, uid).map_err(|e| anyhow!("setuid {}: {e}", u.uid))?;
+        super::caps::finish_for_user(u.uid)?;
+        // SAFETY: plain prctl.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            bail!("cannot set no_new_privs");
+        }
+        if let Some(f) = spec.seccomp {
+            f.load()?;
+        }
+        nix::unistd::chdir(p.cwd.as_c_str())
+            .map_err(|e| anyhow!("cannot enter the working directory {}: {e}", spec.cwd))?;
+        let e = nix::unistd::execve(&p.argv0, &p.argv, &p.env).unwrap_err();
+        Err(anyhow!("exec {}: {e}", p.argv0.to_string_lossy()))
+    })();
+    match r {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
+fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+fn report(err: &OwnedFd, msg: &str) {
+    let _ = nix::unistd::write(err, msg.as_bytes());
+}
+
+/// Paths the step's root must have as mount points: `(path, is_dir)`.
+pub fn mount_points(etc_files: &[(String, PathBuf)]) -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = ["proc", "dev", "sys"]
+        .iter()
+        .map(|d| (d.to_string(), true))
+        .collect();
+    v.extend(etc_files.iter().map(|(n, _)| (format!("etc/{n}"), false)));
+    v
+}
+
+/// True if this process can create the namespaces a step needs (tried in a child).
+pub fn namespaces_work() -> bool {
+    // SAFETY: single-threaded; the child only calls unshare and exits.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let flags = CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWPID
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWUTS;
+            let code = i32::from(unshare(flags).is_err());
+            // SAFETY: leave without destructors.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => wait_for(child) == 0,
+        Err(_) => false,
+    }
+}

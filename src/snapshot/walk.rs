@@ -1,0 +1,459 @@
+//! The RUN snapshotter: a RUN works on the stage's own private root (materialised from
+//! its layers, never shared), and its layer is the difference between a record of that
+//! tree taken before the step and the tree after it.
+//!
+//! The record keeps each entry's inode, type, mode, owner, size and change time. The
+//! kernel bumps an inode's ctime on every change to its data or metadata, and userspace
+//! cannot set it, so after [`TreeState::capture`] waits for the clock to pass the newest
+//! ctime it saw, any change the step makes is visible as a new ctime. Replaced
+//! directories (a new inode) become opaque directories; deleted entries become whiteouts.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::{Content, EntryKind, LayerEntry, OPAQUE_MARKER, WHITEOUT_PREFIX};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    ino: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl Meta {
+    fn of(m: &fs::Metadata) -> Meta {
+        Meta {
+            ino: m.ino(),
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+
+    fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// Whether the entry changed. A directory's ctime and size move with its children,
+    /// which are compared themselves; its own changes show in mode, owner or mtime.
+    fn differs(&self, now: &Meta) -> bool {
+        if self.is_dir() && now.is_dir() {
+            (self.ino, self.mode, self.uid, self.gid, self.mtime)
+                != (now.ino, now.mode, now.uid, now.gid, now.mtime)
+        } else {
+            self != now
+        }
+    }
+}
+
+/// The state of a tree before a step.
+#[derive(Debug)]
+pub struct TreeState {
+    entries: HashMap<String, Meta>,
+}
+
+/// Paths (relative to the root) whose contents never go into a layer: the mount points
+/// of the RUN sandbox.
+pub const SANDBOX_MOUNTS: &[&str] = &["proc", "sys", "dev"];
+
+fn skipped(rel: &str) -> bool {
+    SANDBOX_MOUNTS.iter().any(|m| {
+        rel.strip_prefix(m)
+            .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+fn walk(root: &Path) -> impl Iterator<Item = walkdir::Result<walkdir::DirEntry>> {
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+}
+
+fn rel_of(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root)
+        .map(|r| r.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl TreeState {
+    /// Records `root`, then waits until the clock is past every ctime recorded, so that
+    /// any later change gives a different ctime.
+    pub fn capture(root: &Path) -> Result<TreeState> {
+        let mut entries = HashMap::new();
+        let mut newest = (0i64, 0i64);
+        for e in walk(root) {
+            let e = e.with_context(|| format!("cannot read {}", root.display()))?;
+            let rel = rel_of(root, e.path());
+            if skipped(&rel) {
+                continue;
+            }
+            let m = Meta::of(&e.metadata()?);
+            newest = newest.max(m.ctime);
+            entries.insert(rel, m);
+        }
+        wait_past(newest);
+        Ok(TreeState { entries })
+    }
+
+    /// The layer entries that turn the recorded tree into the tree now at `root`.
+    pub fn diff(&self, root: &Path) -> Result<Vec<LayerEntry>> {
+        let mut out = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        // Directories replaced by new ones: everything below them is new.
+        let mut replaced: Vec<String> = Vec::new();
+        for e in walk(root) {
+            let e = e.with_context(|| format!("cannot read {}", root.display()))?;
+            let rel = rel_of(root, e.path());
+            if skipped(&rel) {
+                continue;
+            }
+            let meta = e.metadata()?;
+            let now = Meta::of(&meta);
+            seen.insert(rel.clone());
+            let under_replaced = replaced.iter().any(|r| {
+                rel.strip_prefix(r.as_str())
+                    .is_some_and(|x| x.starts_with('/'))
+            });
+            let changed = match self.entries.get(&rel) {
+                None => true,
+                Some(_) if under_replaced => true,
+                Some(before) => {
+                    if before.is_dir() && now.is_dir() && before.ino != now.ino {
+                        replaced.push(rel.clone());
+                        out.push(opaque_marker(&rel, &now));
+                    }
+                    before.differs(&now)
+                }
+            };
+            if changed {
+                out.push(entry_of(&rel, e.path(), &meta)?);
+            }
+        }
+        // Deletions: one whiteout at the top of each deleted subtree.
+        let mut gone: Vec<&String> = self.entries.keys().filter(|k| !seen.contains(*k)).collect();
+        gone.sort();
+        let mut last_top: Option<&str> = None;
+        for g in gone {
+            if let Some(t) = last_top {
+                if g.strip_prefix(t).is_some_and(|x| x.starts_with('/')) {
+                    continue;
+                }
+            }
+            let in_replaced = replaced.iter().any(|r| {
+                g.strip_prefix(r.as_str())
+                    .is_some_and(|x| x.starts_with('/'))
+            });
+            last_top = Some(g);
+            if in_replaced {
+                continue; // the opaque marker already hides it
+            }
+            let (dir, name) = g.rsplit_once('/').unwrap_or(("", g));
+            let path = if dir.is_empty() {
+                format!("{WHITEOUT_PREFIX}{name}")
+            } else {
+                format!("{dir}/{WHITEOUT_PREFIX}{name}")
+            };
+            out.push(LayerEntry {
+                path,
+                kind: EntryKind::File {
+                    size: 0,
+                    source: Content::Bytes(Vec::new()),
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                xattrs: Vec::new(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn opaque_marker(dir: &str, m: &Meta) -> LayerEntry {
+    LayerEntry {
+        path: format!("{dir}/{OPAQUE_MARKER}"),
+        kind: EntryKind::File {
+            size: 0,
+            source: Content::Bytes(Vec::new()),
+        },
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: m.mtime.0,
+        xattrs: Vec::new(),
+    }
+}
+
+/// A layer entry for the file now at `host`.
+fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<LayerEntry> {
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File {
+            size: m.len(),
+            source: Content::Path(host.to_path_buf()),
+        }
+    } else if ft.is_symlink() {
+        EntryKind::Symlink(fs::read_link(host)?.to_string_lossy().into_owned())
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_char_device() {
+        EntryKind::CharDevice(libc::major(m.rdev()), libc::minor(m.rdev()))
+    } else if ft.is_block_device() {
+        EntryKind::BlockDevice(libc::major(m.rdev()), libc::minor(m.rdev()))
+    } else {
+        // A socket: layers cannot hold one; an empty file keeps the name visible.
+        EntryKind::File {
+            size: 0,
+            source: Content::Bytes(Vec::new()),
+        }
+    };
+    Ok(LayerEntry {
+        path: rel.to_string(),
+        kind,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: m.mtime(),
+        xattrs: if ft.is_symlink() {
+            Vec::new()
+        } else {
+            xattrs_of(host)
+        },
+    })
+}
+
+/// Extended attributes worth keeping in a layer (`user.*`, `security.capability`).
+fn xattrs_of(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(cpath) = CString::new(path.as_os_str().as_bytes()) else {
+        return Vec::new();
+    };
+    let mut names = vec![0u8; 4096];
+    // SAFETY: the buffer pointer and length are valid.
+    let n = unsafe { libc::llistxattr(cpath.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for name in names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+    {
+        let Ok(text) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if !(text.starts_with("user.") || text == "security.capability") {
+            continue;
+        }
+        let Ok(cname) = CString::new(name) else {
+            continue;
+        };
+        let mut value = vec![0u8; 65536];
+        // SAFETY: valid NUL-terminated strings and buffer.
+        let len = unsafe {
+            libc::lgetxattr(
+                cpath.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len >= 0 {
+            value.truncate(len as usize);
+            out.push((text.to_string(), value));
+        }
+    }
+    out
+}
+
+/// Sleeps until the coarse real-time clock (what file timestamps come from) is past `t`.
+fn wait_past(t: (i64, i64)) {
+    for _ in 0..1000 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+        if (ts.tv_sec, ts.tv_nsec) > t {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Paths created only to be mount points, removed again after the step.
+#[derive(Debug, Default)]
+pub struct MountPoints {
+    created: Vec<(PathBuf, Option<(PathBuf, filetime::FileTime)>)>,
+}
+
+impl MountPoints {
+    /// Makes `rel` (a directory or an empty file) inside `root` if it is missing,
+    /// remembering the parent's mtime to restore. Returns the host path.
+    pub fn ensure(&mut self, root: &Path, rel: &str, dir: bool) -> Result<PathBuf> {
+        let path = root.join(rel);
+        if path.symlink_metadata().is_ok() {
+            return Ok(path);
+        }
+        let mut parts = Vec::new();
+        let mut cur = path.clone();
+        while cur.symlink_metadata().is_err() {
+            parts.push(cur.clone());
+            if !cur.pop() {
+                break;
+            }
+        }
+        let parent_time = fs::metadata(&cur).ok().map(|m| {
+            (
+                cur.clone(),
+                filetime::FileTime::from_last_modification_time(&m),
+            )
+        });
+        for (i, p) in parts.iter().rev().enumerate() {
+            let is_last = i + 1 == parts.len();
+            if is_last && !dir {
+                fs::File::create(p)?;
+            } else {
+                fs::create_dir(p)?;
+            }
+        }
+        if let Some(top) = parts.last() {
+            self.created.push((top.clone(), parent_time));
+        }
+        Ok(path)
+    }
+
+    /// Removes what [`MountPoints::ensure`] made (if still empty) and restores the
+    /// parents' mtimes.
+    pub fn remove(self) {
+        for (p, parent) in self.created.into_iter().rev() {
+            let removed = if p.is_dir() {
+                remove_empty_tree(&p)
+            } else {
+                fs::metadata(&p).is_ok_and(|m| m.len() == 0) && fs::remove_file(&p).is_ok()
+            };
+            if let (true, Some((dir, t))) = (removed, parent) {
+                let _ = filetime::set_file_mtime(dir, t);
+            }
+        }
+    }
+}
+
+fn remove_empty_tree(p: &Path) -> bool {
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            let ep = e.path();
+            let ok = if ep.is_dir() {
+                remove_empty_tree(&ep)
+            } else {
+                fs::metadata(&ep).is_ok_and(|m| m.len() == 0) && fs::remove_file(&ep).is_ok()
+            };
+            if !ok {
+                return false;
+            }
+        }
+    }
+    fs::remove_dir(p).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn paths(entries: &[LayerEntry]) -> Vec<String> {
+        let mut p: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn finds_additions_changes_deletions_and_replaced_dirs() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::create_dir_all(r.join("etc/sub")).unwrap();
+        fs::write(r.join("etc/keep"), "k").unwrap();
+        fs::write(r.join("etc/change"), "c").unwrap();
+        fs::write(r.join("etc/sub/gone"), "g").unwrap();
+        fs::create_dir_all(r.join("old/deep")).unwrap();
+        fs::write(r.join("old/deep/f"), "f").unwrap();
+        fs::create_dir_all(r.join("re/x")).unwrap();
+        fs::create_dir_all(r.join("proc/1")).unwrap();
+        let before = TreeState::capture(r).unwrap();
+
+        fs::write(r.join("etc/change"), "C").unwrap();
+        fs::write(r.join("etc/new"), "n").unwrap();
+        symlink("keep", r.join("etc/link")).unwrap();
+        fs::remove_file(r.join("etc/sub/gone")).unwrap();
+        fs::remove_dir_all(r.join("old")).unwrap();
+        fs::remove_dir_all(r.join("re")).unwrap();
+        fs::create_dir(r.join("re")).unwrap();
+        fs::write(r.join("re/y"), "y").unwrap();
+        fs::write(r.join("proc/1/ignored"), "i").unwrap();
+
+        let got = paths(&before.diff(r).unwrap());
+        let mut want: Vec<String> = [
+            "etc",
+            "etc/change",
+            "etc/link",
+            "etc/new",
+            "etc/sub",
+            "etc/sub/.wh.gone",
+            ".wh.old",
+            "re",
+            "re/.wh..wh..opq",
+            "re/y",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_untouched_tree_has_no_diff() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("a/b")).unwrap();
+        fs::write(t.path().join("a/b/c"), "x").unwrap();
+        let before = TreeState::capture(t.path()).unwrap();
+        fs::read(t.path().join("a/b/c")).unwrap();
+        assert!(before.diff(t.path()).unwrap().is_empty());
+        // A change right after the capture is still seen.
+        fs::write(t.path().join("a/b/c"), "y").unwrap();
+        assert_eq!(paths(&before.diff(t.path()).unwrap()), ["a/b/c"]);
+    }
+
+    #[test]
+    fn mount_points_are_made_and_removed_without_a_trace() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("etc")).unwrap();
+        let before = TreeState::capture(t.path()).unwrap();
+        let mut mp = MountPoints::default();
+        mp.ensure(t.path(), "etc/hosts", false).unwrap();
+        mp.ensure(t.path(), "proc", true).unwrap();
+        assert!(t.path().join("etc/hosts").is_file());
+        mp.remove();
+        assert!(!t.path().join("etc/hosts").exists());
+        assert!(!t.path().join("proc").exists());
+        assert!(before.diff(t.path()).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,179 @@
+//! RUN: the command executed in the sandbox on the stage's own root, and the change it
+//! made turned into layer entries.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::rootfs::{read_image_file, resolve_in_root, FileKind};
+use super::users::resolve_run_user;
+use crate::cancel::Cancel;
+use crate::image::config::ImageConfig;
+use crate::plan::steps::RunStep;
+use crate::sandbox::run::{mount_points, run, Credentials, Isolation, Network, Outcome, RunSpec};
+use crate::sandbox::seccomp::Filter;
+use crate::snapshot::walk::{MountPoints, TreeState};
+use crate::snapshot::LayerEntry;
+
+/// How RUN steps are executed in this build.
+pub struct RunEnvironment {
+    /// Namespaces or chroot.
+    pub isolation: Isolation,
+    /// The compiled seccomp profile.
+    pub seccomp: Filter,
+    /// Cancellation.
+    pub cancel: Cancel,
+}
+
+/// The hostname RUN steps see (BuildKit uses a random id; a fixed name keeps builds
+/// reproducible).
+const HOSTNAME: &str = "rbuild";
+
+/// Runs `step` on `root` with the stage's `config`; `log` receives output lines. Returns
+/// the entries of the layer (empty when the step changed nothing).
+pub fn run_command(
+    env: &RunEnvironment,
+    root: &Path,
+    config: &ImageConfig,
+    step: &RunStep,
+    scratch: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<LayerEntry>> {
+    if !step.mounts.is_empty() {
+        bail!("RUN --mount is not supported yet");
+    }
+    let network = match step.network.as_deref() {
+        None | Some("default") | Some("host") => Network::Host,
+        Some("none") => Network::None,
+        Some(other) => bail!("RUN --network={other}: expected default, none or host"),
+    };
+    match step.security.as_deref() {
+        None | Some("sandbox") => {}
+        Some(other) => {
+            bail!("RUN --security={other} is not allowed (rbuild grants no extra privileges)")
+        }
+    }
+    for dir in ["proc", "dev", "sys", "etc"] {
+        if let Ok(m) = root.join(dir).symlink_metadata() {
+            if m.file_type().is_symlink() {
+                bail!("/{dir} in the image is a symlink; RUN needs it to be a directory");
+            }
+        }
+    }
+    let user = resolve_run_user(
+        &config.config.user,
+        read_image_file(root, "/etc/passwd").as_deref(),
+        read_image_file(root, "/etc/group").as_deref(),
+    )?;
+    let mut environ = step.env.clone();
+    if !environ.iter().any(|e| e.starts_with("HOME=")) {
+        environ.push(format!("HOME={}", user.home));
+    }
+    if !environ.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        environ.push(format!("HOSTNAME={HOSTNAME}"));
+    }
+    let cwd = if config.config.working_dir.is_empty() {
+        "/".to_string()
+    } else {
+        config.config.working_dir.clone()
+    };
+
+    let before = TreeState::capture(root)?;
+    ensure_workdir(root, &cwd)?;
+    let etc = etc_files(scratch, network)?;
+    let mut points = MountPoints::default();
+    for (rel, dir) in mount_points(&etc) {
+        points.ensure(root, &rel, dir)?;
+    }
+    let creds = Credentials {
+        uid: user.uid,
+        gid: user.gid,
+        groups: user.groups.clone(),
+    };
+    let spec = RunSpec {
+        rootfs: root,
+        argv: &step.argv,
+        env: &environ,
+        cwd: &cwd,
+        user: &creds,
+        network,
+        isolation: env.isolation,
+        etc_files: &etc,
+        script: step.script.as_ref().map(|(n, b)| (n.as_str(), b.as_str())),
+        seccomp: Some(&env.seccomp),
+        hostname: HOSTNAME,
+    };
+    let mut pending = Vec::new();
+    let outcome = run(&spec, &env.cancel, |bytes| {
+        pending.extend_from_slice(bytes);
+        while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            log(String::from_utf8_lossy(&line[..line.len() - 1]).as_ref());
+        }
+    });
+    if !pending.is_empty() {
+        log(String::from_utf8_lossy(&pending).as_ref());
+    }
+    points.remove();
+    let shown = show_command(&step.argv);
+    match outcome? {
+        Outcome::Exited(0) => {}
+        Outcome::Exited(code) => {
+            bail!("process {shown} did not complete successfully: exit code: {code}")
+        }
+        Outcome::Signaled(sig) => {
+            bail!("process {shown} did not complete successfully: killed by signal {sig}")
+        }
+    }
+    before.diff(root)
+}
+
+fn show_command(argv: &[String]) -> String {
+    format!("{:?}", argv.join(" "))
+}
+
+/// Creates the working directory (and its parents) if missing, as root, mode 0755.
+fn ensure_workdir(root: &Path, cwd: &str) -> Result<()> {
+    let r = resolve_in_root(root, cwd, true)?;
+    match r.kind {
+        Some(FileKind::Dir) => Ok(()),
+        Some(FileKind::Other) => bail!("the working directory {cwd} is not a directory"),
+        None => {
+            let mut path = root.to_path_buf();
+            for part in r.rel.split('/').filter(|p| !p.is_empty()) {
+                path.push(part);
+                if path.symlink_metadata().is_err() {
+                    fs::create_dir(&path).with_context(|| format!("cannot create {cwd}"))?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The generated /etc files, in the scratch directory (never in the step's root).
+fn etc_files(scratch: &Path, network: Network) -> Result<Vec<(String, PathBuf)>> {
+    let dir = tempfile::Builder::new()
+        .prefix("etc-")
+        .tempdir_in(scratch)?
+        .keep();
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{HOSTNAME}\n"
+    );
+    let resolv = match network {
+        Network::None => String::new(),
+        Network::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    let mut out = Vec::new();
+    for (name, content) in [
+        ("hosts", hosts),
+        ("hostname", format!("{HOSTNAME}\n")),
+        ("resolv.conf", resolv),
+    ] {
+        let path = dir.join(name);
+        fs::write(&path, content).map_err(|e| anyhow!("cannot write /etc/{name}: {e}"))?;
+        out.push((name.to_string(), path));
+    }
+    Ok(out)
+}

@@ -22,6 +22,7 @@ use crate::source::resolver::{NamedContext, PullPolicy, Resolver};
 use crate::store::Store;
 
 mod images;
+mod info;
 
 /// Exit code of a successful run.
 pub const EXIT_OK: i32 = 0;
@@ -110,6 +111,16 @@ pub struct BuildArgs {
 pub fn main_with_args(mut argv: Vec<OsString>) -> i32 {
     if argv.get(1).is_some_and(|a| a == "image") {
         return images::main(argv);
+    }
+    if argv.get(1).is_some_and(|a| a == "info") {
+        let cache_dir = std::env::var_os("RBUILD_CACHE_DIR").map(PathBuf::from);
+        return match info::run(cache_dir) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                EXIT_BUILD_FAILED
+            }
+        };
     }
     if argv.get(1).is_some_and(|a| a == "build") {
         argv.remove(1);

@@ -98,6 +98,10 @@ pub fn run(spec: &RunSpec<'_>, cancel: &Cancel, mut output: impl FnMut(&[u8])) -
     let (err_r, err_w) = pipe_cloexec()?;
     // Everything the children need is prepared before forking (no allocation surprises).
     let prepared = Prepared::new(spec)?;
+    // The step's init is re-parented to rbuild if its keeper dies first (cancellation),
+    // so rbuild can reap it rather than leave a zombie.
+    // SAFETY: plain prctl call.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     // SAFETY: rbuild runs no other threads while a step runs; the child only performs
     // the sandbox setup and exits or execs.
     let keeper = match unsafe { fork() }.context("cannot fork")? {
@@ -119,6 +123,7 @@ pub fn run(spec: &RunSpec<'_>, cancel: &Cancel, mut output: impl FnMut(&[u8])) -
     drop(out_w);
     drop(err_w);
     let result = pump(keeper, out_r, cancel, &mut output);
+    reap_orphans();
     let mut setup_error = String::new();
     let mut f = fs::File::from(err_r);
     let _ = f.read_to_string(&mut setup_error);
@@ -180,6 +185,17 @@ fn pump(
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits (briefly) for processes of the step re-parented to rbuild and reaps them.
+fn reap_orphans() {
+    for _ in 0..200 {
+        match waitpid(Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(_) => {}
+            Err(_) => return, // ECHILD: nothing left
         }
     }
 }
@@ -250,10 +266,7 @@ fn keeper_main(spec: &RunSpec<'_>, p: &Prepared, out: RawFd, err: &OwnedFd) -> R
     if spec.isolation == Isolation::Chroot {
         return chroot_main(spec, p, out, err);
     }
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
+    let mut flags = STEP_NAMESPACES;
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -574,15 +587,22 @@ pub fn mount_points(etc_files: &[(String, PathBuf)]) -> Vec<(String, bool)> {
     v
 }
 
+/// The namespaces every step gets (plus a network namespace for `--network=none`).
+pub const STEP_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
+    .union(CloneFlags::CLONE_NEWPID)
+    .union(CloneFlags::CLONE_NEWIPC)
+    .union(CloneFlags::CLONE_NEWUTS);
+
 /// True if this process can create the namespaces a step needs (tried in a child).
 pub fn namespaces_work() -> bool {
+    can_unshare(STEP_NAMESPACES)
+}
+
+/// True if a child of this process can unshare `flags`.
+pub fn can_unshare(flags: CloneFlags) -> bool {
     // SAFETY: single-threaded; the child only calls unshare and exits.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let flags = CloneFlags::CLONE_NEWNS
-                | CloneFlags::CLONE_NEWPID
-                | CloneFlags::CLONE_NEWIPC
-                | CloneFlags::CLONE_NEWUTS;
             let code = i32::from(unshare(flags).is_err());
             // SAFETY: leave without destructors.
             unsafe { libc::_exit(code) }

@@ -1,0 +1,97 @@
+//! `rbuild info`: what rbuild found on this machine, what it will use, and why; for each
+//! missing piece, the fix.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use nix::sched::CloneFlags;
+
+use super::default_cache_dir;
+use crate::sandbox::caps::DEFAULT_CAPS;
+use crate::sandbox::run::{can_unshare, STEP_NAMESPACES};
+use crate::sandbox::seccomp::{kernel_version, Filter};
+use crate::sandbox::userns::{facts, SubIdRange};
+
+/// Prints the report; `cache_dir` is the store that builds would use.
+pub fn run(cache_dir: Option<PathBuf>) -> Result<()> {
+    let f = facts();
+    let root = nix::unistd::getuid().is_root();
+    let who = f.user.clone().unwrap_or_else(|| "?".into());
+    println!("rbuild {}", env!("CARGO_PKG_VERSION"));
+    let (major, minor) = kernel_version();
+    println!("kernel:            {major}.{minor}");
+    println!("user:              {who} (uid {})", f.uid);
+    let range = |r: Option<SubIdRange>| match r {
+        Some(r) => format!("{}-{} ({} ids)", r.start, r.start + r.count - 1, r.count),
+        None => "none".into(),
+    };
+    println!("sub-uids:          {}", range(f.subuid));
+    println!("sub-gids:          {}", range(f.subgid));
+    println!(
+        "newuidmap/gidmap:  {}",
+        f.helpers.as_ref().map_or(
+            "not installed (install Debian's `uidmap` package)".to_string(),
+            |(u, g)| format!("{u}, {g}")
+        )
+    );
+    let userns = can_unshare(CloneFlags::CLONE_NEWUSER);
+    println!(
+        "user namespaces:   {}",
+        match (userns, f.max_user_namespaces) {
+            (true, Some(m)) => format!("available (max {m})"),
+            (true, None) => "available".into(),
+            (false, _) => "NOT available".into(),
+        }
+    );
+    for b in &f.blockers {
+        println!("  fix: {b}");
+    }
+    let mapping = if root {
+        "none needed: rbuild runs as root (every other isolation is kept)".to_string()
+    } else if !userns {
+        "impossible: no user namespace can be created (see the fixes above; in Kubernetes use `hostUsers: false`)".to_string()
+    } else if f.helpers.is_some() && f.subuid.is_some() && f.subgid.is_some() {
+        format!(
+            "full: root inside = uid {}, ids 1..{} inside = the sub-id ranges",
+            f.uid,
+            f.subuid.map_or(0, |r| r.count.min(65536))
+        )
+    } else {
+        let who = f.user.clone().unwrap_or_else(|| f.uid.to_string());
+        format!(
+            "single id only: files can belong to root only and RUN-time chown to other ids fails; fix: install `uidmap` and run (as root) `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {who}`"
+        )
+    };
+    println!("id mapping:        {mapping}");
+    let isolation = if root {
+        if can_unshare(STEP_NAMESPACES) {
+            "namespaces (mount, pid, ipc, uts; net for --network=none), pivot_root"
+        } else {
+            "chroot: namespaces cannot be made here (e.g. an unprivileged container); see README"
+        }
+    } else if userns {
+        "namespaces inside the user namespace (mount, pid, ipc, uts; net for --network=none), pivot_root"
+    } else {
+        "none possible: RUN steps cannot run"
+    };
+    println!("isolation:         {isolation}");
+    let caps = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+    match Filter::default_profile(&caps, kernel_version()) {
+        Ok(filter) => println!(
+            "seccomp:           built-in Docker default profile ({} BPF instructions for {})",
+            filter.len(),
+            std::env::consts::ARCH
+        ),
+        Err(e) => println!("seccomp:           unavailable: {e:#}"),
+    }
+    println!(
+        "capabilities:      Docker's default set ({})",
+        DEFAULT_CAPS.len()
+    );
+    println!("snapshotter:       walk (each RUN changes the stage's private root; the layer is the diff by inode, mode, owner, size and ctime)");
+    println!(
+        "cache dir:         {}",
+        cache_dir.unwrap_or_else(default_cache_dir).display()
+    );
+    Ok(())
+}

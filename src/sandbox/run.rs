@@ -135,13 +135,18 @@ pub fn run(spec: &RunSpec<'_>, cancel: &Cancel, mut output: impl FnMut(&[u8])) -
 }
 
 /// Streams the output until it closes and the keeper exits; kills the keeper (and so the
-/// whole step) on cancellation.
+/// whole step) on cancellation. Waits on a pidfd, so the end of a step is seen at once.
 fn pump(
     keeper: Pid,
     out: OwnedFd,
     cancel: &Cancel,
     output: &mut impl FnMut(&[u8]),
 ) -> Result<Outcome> {
+    // SAFETY: pidfd_open on our own child; the result is checked.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, keeper.as_raw(), 0) } as RawFd;
+    // SAFETY: a fresh fd owned by nobody else (or -1, handled below).
+    let pidfd =
+        (raw >= 0).then(|| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
     let mut buf = vec![0u8; 64 * 1024];
     let mut open = true;
     let mut killed = false;
@@ -150,26 +155,38 @@ fn pump(
             let _ = nix::sys::signal::kill(keeper, nix::sys::signal::Signal::SIGKILL);
             killed = true;
         }
+        let mut fds = Vec::with_capacity(2);
         if open {
-            let mut pfd = [libc::pollfd {
+            fds.push(libc::pollfd {
                 fd: out.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
-            }];
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(pfd.as_mut_ptr(), 1, 100) };
-            if n > 0 {
-                match nix::unistd::read(&out, &mut buf) {
-                    Ok(0) => open = false,
-                    Ok(k) => output(&buf[..k]),
-                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
-                    Err(_) => open = false,
-                }
+            });
+        }
+        if let Some(p) = &pidfd {
+            fds.push(libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout = if pidfd.is_some() || open { 100 } else { 5 };
+        // SAFETY: valid pollfd array.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if open && fds[0].revents != 0 {
+            match nix::unistd::read(&out, &mut buf) {
+                Ok(0) => open = false,
+                Ok(k) => output(&buf[..k]),
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(_) => open = false,
             }
             continue;
         }
+        if open {
+            continue;
+        }
         match waitpid(keeper, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(WaitStatus::StillAlive) => {}
             Ok(WaitStatus::Exited(_, code)) => {
                 if killed {
                     bail!("cancelled");
@@ -192,7 +209,10 @@ fn pump(
 /// Waits (briefly) for processes of the step re-parented to rbuild and reaps them.
 fn reap_orphans() {
     for _ in 0..200 {
-        match waitpid(Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+        match waitpid(
+            Pid::from_raw(-1),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
             Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
             Ok(_) => {}
             Err(_) => return, // ECHILD: nothing left

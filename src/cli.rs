@@ -11,14 +11,15 @@ use clap::Parser;
 use crate::cancel::Cancel;
 use crate::context::BuildContext;
 use crate::dockerfile::{self, ast::Dockerfile};
-use crate::export::{export, Destination, ExportRequest, OutputKind};
+use crate::export::{export, Destination, ExportRequest, ExportTargets, OutputKind};
 use crate::image::reference::Reference;
 use crate::plan::{LineError, Plan, PlanOptions, Platform};
 use crate::progress::{Mode, Progress};
 use crate::sandbox::seccomp::Filter;
 use crate::solver::run::RunEnvironment;
 use crate::solver::{build, BuildInputs};
-use crate::source::resolver::{NamedContext, PullPolicy, Resolver};
+use crate::source::registry::{Client, RegistryConfig};
+use crate::source::resolver::{NamedContext, PullPolicy, Puller, Resolver};
 use crate::store::Store;
 
 mod images;
@@ -98,6 +99,20 @@ pub struct BuildArgs {
     /// or a directory; `FROM NAME` and `COPY --from=NAME` use it. Repeatable.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
+    /// Extra CA certificates (PEM) trusted for registries; repeatable.
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub registry_ca: Vec<PathBuf>,
+    /// Registry (`host[:port]`) that may be reached over plain HTTP; repeatable
+    /// (loopback registries always may).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// Pull-through mirror of docker.io, tried first; repeatable (env
+    /// `RBUILD_REGISTRY_MIRROR`, comma-separated).
+    #[arg(long = "registry-mirror", value_name = "HOST")]
+    pub registry_mirrors: Vec<String>,
+    /// Registry credentials file (docker `config.json` format; env `REGISTRY_AUTH_FILE`).
+    #[arg(long = "authfile", value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
     /// How RUN steps are isolated: auto (namespaces; chroot when rbuild runs as root where
     /// namespaces cannot be made), namespaces, or chroot.
     #[arg(long, value_name = "MODE", default_value = "auto")]
@@ -222,15 +237,20 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
         "docker" => OutputKind::Docker,
         "local" => OutputKind::Local,
         "tar" => OutputKind::Tar,
-        "image" | "registry" => bail!(
-            "output type {ty:?} (pushing to a registry) is not supported by this build of rbuild yet"
-        ),
+        "image" => OutputKind::Image {
+            push: parse_bool(fields.remove("push").as_deref(), spec)?,
+        },
+        "registry" => {
+            fields.remove("push");
+            OutputKind::Image { push: true }
+        }
         other => bail!("unknown output type {other:?}: expected oci, docker, local or tar"),
     };
     if !tar && !matches!(kind, OutputKind::Oci { .. }) {
         bail!("invalid output {spec:?}: tar=false applies to type=oci only");
     }
     let dest = match fields.remove("dest").as_deref() {
+        None if matches!(kind, OutputKind::Image { .. }) => Destination::Names,
         None | Some("") => bail!("invalid output {spec:?}: dest= is required"),
         Some("-") => {
             if matches!(kind, OutputKind::Local | OutputKind::Oci { tar: false }) {
@@ -244,6 +264,14 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
         bail!("invalid output {spec:?}: unknown attribute {k:?}");
     }
     Ok(OutputSpec { kind, dest, names })
+}
+
+fn parse_bool(v: Option<&str>, spec: &str) -> Result<bool> {
+    match v {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => bail!("invalid output {spec:?}: {other:?} is not true or false"),
+    }
 }
 
 /// Resolves `--build-arg` values (`K` alone takes the value from the environment; unset
@@ -264,6 +292,21 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
         }
     }
     Ok(out)
+}
+
+/// The registry client, from the environment and the flags.
+fn registry_client(args: &BuildArgs) -> Result<Client> {
+    let mut cfg = RegistryConfig::from_env();
+    cfg.ca_files.extend(args.registry_ca.iter().cloned());
+    cfg.insecure
+        .extend(args.insecure_registries.iter().cloned());
+    let mut mirrors = args.registry_mirrors.clone();
+    mirrors.append(&mut cfg.mirrors);
+    cfg.mirrors = mirrors;
+    if let Some(f) = &args.authfile {
+        cfg.auth_file = Some(f.clone());
+    }
+    Client::new(cfg)
 }
 
 /// True when a stage the target needs has a RUN instruction.
@@ -481,7 +524,14 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     } else {
         None
     };
-    let resolver = Resolver::new(&store, plan.options.platform.clone(), pull, named, None);
+    let client = registry_client(args).map_err(build_failed)?;
+    let resolver = Resolver::new(
+        &store,
+        plan.options.platform.clone(),
+        pull,
+        named,
+        Some(&client as &dyn Puller),
+    );
     let output = build(&BuildInputs {
         plan: &plan,
         context: &context,
@@ -503,6 +553,12 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     if outputs.is_empty() {
         progress.note("warning: no output specified (-o); the result stays in the cache only");
     }
+    let base_refs: Vec<Reference> = resolver
+        .used()
+        .iter()
+        .filter_map(|(name, _)| Reference::parse(name).ok())
+        .collect();
+    let mut pushed = Vec::new();
     for o in &outputs {
         let mut names = args.tags.clone();
         names.extend(o.names.iter().cloned());
@@ -512,9 +568,22 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
             dest: o.dest.clone(),
             names,
         };
-        if let Err(e) = export(&store, image, &req, epoch) {
-            progress.failed(handle);
-            return Err(build_failed(e));
+        let targets = ExportTargets {
+            store: &store,
+            registry: &client,
+            mount_from: &base_refs,
+        };
+        match export(&targets, image, &req, epoch) {
+            Ok(p) => {
+                for (name, digest) in &p {
+                    progress.note(&format!("pushed {name}@{digest}"));
+                }
+                pushed.extend(p);
+            }
+            Err(e) => {
+                progress.failed(handle);
+                return Err(build_failed(e));
+            }
         }
         progress.done(handle, false);
     }
@@ -532,6 +601,10 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
                 "size": image.manifest.len(),
             },
             "image.name": args.tags.join(","),
+            "rbuild.pushed": pushed
+                .iter()
+                .map(|(name, digest)| serde_json::json!({ "name": name, "digest": digest.to_string() }))
+                .collect::<Vec<_>>(),
             "rbuild.base-images": resolver
                 .used()
                 .iter()
@@ -559,10 +632,13 @@ fn describe(o: &OutputSpec) -> String {
         OutputKind::Docker => "docker-archive",
         OutputKind::Local => "local directory",
         OutputKind::Tar => "tar",
+        OutputKind::Image { push: false } => "image",
+        OutputKind::Image { push: true } => "registry",
     };
     match &o.dest {
         Destination::Stdout => format!("{kind} on stdout"),
         Destination::Path(p) => format!("{kind} {}", p.display()),
+        Destination::Names => format!("{kind} {}", o.names.join(", ")),
     }
 }
 

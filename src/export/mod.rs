@@ -8,6 +8,7 @@
 mod docker;
 mod filesystem;
 mod oci;
+mod registry;
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -18,6 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::image::reference::Reference;
 use crate::image::BuiltImage;
 use crate::snapshot::tar_writer::{TarHeader, TarKind, TarWriter};
+use crate::source::registry::Client;
 use crate::store::{Digest, Store};
 
 /// Which exporter.
@@ -34,6 +36,12 @@ pub enum OutputKind {
     Local,
     /// The final root filesystem as one tar.
     Tar,
+    /// The image under its names in rbuild's store (`type=image`), and with `push` in
+    /// their registries too (`type=image,push=true`, `type=registry`).
+    Image {
+        /// Push to the registries.
+        push: bool,
+    },
 }
 
 /// Where an exporter writes.
@@ -43,6 +51,8 @@ pub enum Destination {
     Stdout,
     /// A file or directory path.
     Path(PathBuf),
+    /// No file: the output goes to the store and registries (`type=image`).
+    Names,
 }
 
 /// One `-o` output to produce.
@@ -56,20 +66,37 @@ pub struct ExportRequest {
     pub names: Vec<String>,
 }
 
+/// Where an export goes besides the files it writes.
+pub struct ExportTargets<'a> {
+    /// The store the image's blobs are in (and `type=image` names it in).
+    pub store: &'a Store,
+    /// The registry client, for pushes.
+    pub registry: &'a Client,
+    /// Repositories of base images, offered to registries for cross-repository mounts.
+    pub mount_from: &'a [Reference],
+}
+
+/// What an export pushed: each name with the manifest digest the registry holds.
+pub type Pushed = Vec<(String, Digest)>;
+
 /// Writes `image` as `req` asks. `epoch` (SOURCE_DATE_EPOCH) is the mtime of the files an
 /// archive format adds around the blobs (0 without it), so outputs are reproducible.
 pub fn export(
-    store: &Store,
+    targets: &ExportTargets<'_>,
     image: &BuiltImage,
     req: &ExportRequest,
     epoch: Option<i64>,
-) -> Result<()> {
+) -> Result<Pushed> {
+    let store = targets.store;
     let names = req
         .names
         .iter()
         .map(|n| Reference::parse(n).map(Reference::with_default_tag))
         .collect::<Result<Vec<_>>>()?;
     let mtime = epoch.unwrap_or(0).max(0);
+    if let OutputKind::Image { push } = req.kind {
+        return registry::export_image(targets, image, &names, push);
+    }
     match (&req.kind, &req.dest) {
         (OutputKind::Oci { tar: true }, dest) => {
             write_stream(dest, |w| oci::write_archive(store, image, &names, mtime, w))
@@ -82,8 +109,11 @@ pub fn export(
         }),
         (OutputKind::Local, Destination::Path(p)) => filesystem::write_dir(store, image, p),
         (OutputKind::Tar, dest) => write_stream(dest, |w| filesystem::write_tar(store, image, w)),
+        (OutputKind::Image { .. }, _) => unreachable!("handled above"),
+        (_, Destination::Names) => bail!("this output needs dest=PATH"),
         (_, Destination::Stdout) => bail!("a directory output cannot be written to stdout"),
     }
+    .map(|()| Vec::new())
 }
 
 /// A blob of the image, for the archive writers.
@@ -180,6 +210,7 @@ fn write_stream(
             out.flush().context("cannot write to stdout")?;
             Ok(())
         }
+        Destination::Names => bail!("this output needs dest=PATH"),
         Destination::Path(path) => {
             let dir = parent_dir(path);
             let tmp = tempfile::Builder::new()

@@ -93,6 +93,20 @@ pub trait Puller {
     fn pull(&self, reference: &Reference, platform: &Platform, store: &Store) -> Result<Digest>;
 }
 
+impl Puller for super::registry::Client {
+    fn pull(&self, reference: &Reference, platform: &Platform, store: &Store) -> Result<Digest> {
+        let pulled = super::registry::Client::pull(self, reference, platform, store, None)?;
+        if reference.tag.is_some() {
+            store.set_image(
+                &reference.to_string(),
+                &pulled.manifest_digest,
+                &format!("pull docker://{reference}"),
+            )?;
+        }
+        Ok(pulled.manifest_digest)
+    }
+}
+
 /// Finds base images for a build.
 pub struct Resolver<'a> {
     store: &'a Store,

@@ -1,0 +1,271 @@
+//! The registry client against a real `docker-registry` on 127.0.0.1: push and pull round
+//! trips (monolithic and chunked uploads, mounts), cached pulls, multi-platform indexes,
+//! htpasswd authentication and the errors a person sees.
+
+mod registry_support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rbuild::image::reference::Reference;
+use rbuild::image::MEDIA_TYPE_INDEX;
+use rbuild::plan::platform::Platform;
+use rbuild::source::registry::{Client, PullEvent, RegistryConfig, RegistryError};
+use rbuild::store::Store;
+
+use registry_support::{
+    auth_file, blob, build_image, index, noise, skip_without_registry, skip_without_tls_registry,
+    Registry,
+};
+
+fn reference(s: &str) -> Reference {
+    Reference::parse(s).expect("reference").with_default_tag()
+}
+
+fn empty_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = Store::open(dir.path()).expect("store");
+    (dir, store)
+}
+
+#[test]
+fn push_then_pull_round_trip() {
+    if skip_without_registry() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let host = &registry.host;
+    let (_src_dir, src) = empty_store();
+    // The second layer is larger than one upload chunk (8 MiB) and incompressible.
+    let image = build_image(
+        &src,
+        "amd64",
+        vec![
+            vec![
+                ("etc/hello", b"hello\n".to_vec()),
+                ("bin/tool", noise(3000, 1)),
+            ],
+            vec![("data/big", noise(9 << 20, 2))],
+        ],
+    );
+    assert!(image.layers[1].size > 8 << 20);
+    let client = Client::new(RegistryConfig::default()).expect("client");
+    let r = reference(&format!("{host}/test/app:v1"));
+    let pushed = client.push(&r, &image, &src, &[]).expect("push");
+    assert_eq!(pushed, image.manifest_digest);
+
+    let (_dst_dir, dst) = empty_store();
+    let downloads = AtomicUsize::new(0);
+    let count = |e: &PullEvent| {
+        if matches!(e, PullEvent::Downloaded { .. }) {
+            downloads.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let pulled = client
+        .pull(
+            &r,
+            &Platform::parse("linux/amd64").unwrap(),
+            &dst,
+            Some(&count),
+        )
+        .expect("pull");
+    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+    assert_eq!(pulled.manifest, image.manifest);
+    assert_eq!(pulled.config_digest, image.config_digest);
+    assert_eq!(pulled.config, image.config);
+    assert_eq!(pulled.layers, image.layers);
+    for l in &image.layers {
+        assert_eq!(blob(&dst, &l.digest), blob(&src, &l.digest));
+    }
+    assert_eq!(downloads.load(Ordering::SeqCst), 3, "config and two layers");
+
+    // A second pull downloads nothing.
+    downloads.store(0, Ordering::SeqCst);
+    let again = client
+        .pull(
+            &r,
+            &Platform::parse("linux/amd64").unwrap(),
+            &dst,
+            Some(&count),
+        )
+        .expect("second pull");
+    assert_eq!(again.manifest_digest, image.manifest_digest);
+    assert_eq!(downloads.load(Ordering::SeqCst), 0);
+
+    // Pushing again, and to another repository mounting from the first, works too.
+    assert_eq!(
+        client.push(&r, &image, &src, &[]).expect("push again"),
+        pushed
+    );
+    let other = reference(&format!("{host}/test/other"));
+    client
+        .push(&other, &image, &src, &["test/app".to_string()])
+        .expect("push with mount");
+    let (_d3, third) = empty_store();
+    let from_other = client
+        .pull(
+            &other,
+            &Platform::parse("linux/amd64").unwrap(),
+            &third,
+            None,
+        )
+        .expect("pull mounted");
+    assert_eq!(from_other.manifest_digest, image.manifest_digest);
+
+    // By digest, and unknown tags.
+    let by_digest = reference(&format!("{host}/test/app@{}", image.manifest_digest));
+    assert_eq!(
+        client.get_manifest(&by_digest).expect("by digest").digest,
+        pushed
+    );
+    let e = client
+        .get_manifest(&reference(&format!("{host}/test/app:nope")))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("\"{host}/test/app:nope\": not found in {host}")
+    );
+    assert!(matches!(
+        e.downcast_ref::<RegistryError>(),
+        Some(RegistryError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn multi_platform_index_pulls_the_host_platform() {
+    if skip_without_registry() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let host = &registry.host;
+    let (_src_dir, src) = empty_store();
+    let amd64 = build_image(&src, "amd64", vec![vec![("arch", b"amd64\n".to_vec())]]);
+    let arm64 = build_image(&src, "arm64", vec![vec![("arch", b"arm64\n".to_vec())]]);
+    let client = Client::new(RegistryConfig::default()).expect("client");
+    for img in [&amd64, &arm64] {
+        let by_digest = reference(&format!("{host}/test/multi@{}", img.manifest_digest));
+        client
+            .push(&by_digest, img, &src, &[])
+            .expect("push by digest");
+    }
+    let idx = index(&[(&amd64, "amd64"), (&arm64, "arm64")]);
+    let r = reference(&format!("{host}/test/multi:1.0"));
+    let idx_digest = client
+        .push_manifest(&r, &idx, MEDIA_TYPE_INDEX)
+        .expect("push index");
+    let top = client.get_manifest(&r).expect("index");
+    assert!(top.is_index());
+    assert_eq!(top.digest, idx_digest);
+
+    let host_platform = Platform::host();
+    let expected = match host_platform.arch.as_str() {
+        "amd64" => Some(&amd64),
+        "arm64" => Some(&arm64),
+        _ => None,
+    };
+    let (_dst_dir, dst) = empty_store();
+    match expected {
+        Some(img) => {
+            let pulled = client
+                .pull(&r, &host_platform, &dst, None)
+                .expect("pull host");
+            assert_eq!(pulled.manifest_digest, img.manifest_digest);
+            assert_eq!(pulled.layers, img.layers);
+        }
+        None => {
+            let e = client
+                .pull(&r, &host_platform, &dst, None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("available: linux/amd64, linux/arm64/v8"), "{e}");
+        }
+    }
+    let arm = client
+        .resolve(&r, &Platform::parse("linux/arm64").unwrap())
+        .expect("resolve arm64");
+    assert_eq!(arm.digest, arm64.manifest_digest);
+    let e = client
+        .resolve(&r, &Platform::parse("linux/riscv64").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no image for platform linux/riscv64; available: linux/amd64, linux/arm64/v8"),
+        "{e}"
+    );
+}
+
+#[test]
+fn htpasswd_registry_needs_the_right_password() {
+    if skip_without_registry() {
+        return;
+    }
+    let registry = Registry::start(Some(("tester", "right-pass")));
+    let host = &registry.host;
+    let (auth_dir, src) = empty_store();
+    let image = build_image(&src, "amd64", vec![vec![("f", b"private\n".to_vec())]]);
+    let r = reference(&format!("{host}/private/app:v1"));
+
+    // Credentials from $REGISTRY_AUTH_FILE.
+    let good = auth_file(auth_dir.path(), host, "tester", "right-pass");
+    let cfg = RegistryConfig::from_vars(|name| {
+        (name == "REGISTRY_AUTH_FILE").then(|| good.display().to_string())
+    });
+    let client = Client::new(cfg).expect("client");
+    assert_eq!(
+        client.push(&r, &image, &src, &[]).expect("push"),
+        image.manifest_digest
+    );
+    let (_dst_dir, dst) = empty_store();
+    let pulled = client
+        .pull(&r, &Platform::parse("linux/amd64").unwrap(), &dst, None)
+        .expect("pull");
+    assert_eq!(pulled.layers, image.layers);
+
+    // A wrong password: one clear error naming the registry.
+    let bad = auth_file(auth_dir.path(), host, "tester", "wrong-pass");
+    let client = Client::new(RegistryConfig {
+        auth_file: Some(bad.clone()),
+        ..RegistryConfig::default()
+    })
+    .expect("client");
+    let e = client.get_manifest(&r).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("authentication to {host} failed (401): ")),
+        "{msg}"
+    );
+    assert!(msg.contains(&bad.display().to_string()), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+    let e = client.push(&r, &image, &src, &[]).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("authentication to {host} failed (401): ")),
+        "{e}"
+    );
+
+    // No credentials at all.
+    let anonymous = Client::new(RegistryConfig::default()).expect("client");
+    let e = anonymous.get_manifest(&r).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("no credentials found for {host}")),
+        "{e}"
+    );
+}
+
+#[test]
+fn loopback_registry_speaking_tls() {
+    if skip_without_tls_registry() {
+        return;
+    }
+    // Loopback registries may speak either; the client finds out which.
+    let registry = Registry::start_tls();
+    let (_src_dir, src) = empty_store();
+    let image = build_image(&src, "amd64", vec![vec![("tls", b"over TLS\n".to_vec())]]);
+    let client = Client::new(RegistryConfig::default()).expect("client");
+    let r = reference(&format!("{}/test/tls:v1", registry.host));
+    client.push(&r, &image, &src, &[]).expect("push over TLS");
+    let (_dst_dir, dst) = empty_store();
+    let pulled = client
+        .pull(&r, &Platform::parse("linux/amd64").unwrap(), &dst, None)
+        .expect("pull over TLS");
+    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+    assert_eq!(pulled.layers, image.layers);
+}

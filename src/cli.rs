@@ -57,8 +57,10 @@ pub struct BuildArgs {
     /// Name and optionally a tag (`name:tag`) for the image; repeatable.
     #[arg(short = 't', long = "tag", value_name = "NAME")]
     pub tags: Vec<String>,
-    /// Output destination: `type=oci|docker|local|tar[,dest=PATH|-][,tar=true|false][,name=NAME]`;
-    /// a bare PATH means `type=local,dest=PATH`, `-` means `type=tar,dest=-`. Repeatable.
+    /// Output destination: `type=oci|docker|local|tar[,dest=PATH|-][,tar=true|false][,name=NAME]`,
+    /// `type=image,name=REF[,push=true]` (the store; push to the registry) or
+    /// `type=registry,name=REF`; a bare PATH means `type=local,dest=PATH`, `-` means
+    /// `type=tar,dest=-`. Repeatable.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
     /// Build-time variable `KEY=VALUE`, or `KEY` to take the value from the environment.
@@ -244,7 +246,9 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
             fields.remove("push");
             OutputKind::Image { push: true }
         }
-        other => bail!("unknown output type {other:?}: expected oci, docker, local or tar"),
+        other => bail!(
+            "unknown output type {other:?}: expected oci, docker, local, tar, image or registry"
+        ),
     };
     if !tar && !matches!(kind, OutputKind::Oci { .. }) {
         bail!("invalid output {spec:?}: tar=false applies to type=oci only");

@@ -24,7 +24,8 @@ impl std::error::Error for LineError {}
 pub fn at_line(line: usize, message: impl fmt::Display) -> anyhow::Error {
     anyhow::Error::new(LineError {
         line,
-        message: message.to_string(),
+        // `{:#}`: an anyhow error keeps its whole chain of causes.
+        message: format!("{message:#}"),
     })
 }
 

@@ -228,8 +228,10 @@ pub fn expand_stage(plan: &Plan, stage: usize, base: &ImageConfig) -> Result<Exp
     let mut cmd_set = false;
     let mut steps = Vec::new();
     let automatic = super::automatic_args(&plan.options.platform);
+    // The base's ONBUILD triggers run first (as BuildKit does) and are not inherited.
+    let triggers = onbuild_triggers(&std::mem::take(&mut cfg.config.on_build), sp.line)?;
 
-    for inst in &sp.instructions {
+    for inst in triggers.iter().chain(&sp.instructions) {
         let line = inst.span.start;
         let err = |e: &dyn std::fmt::Display| at_line(line, e);
         let vars = StageVars {
@@ -456,6 +458,37 @@ fn argv_of(command: &CommandLine, cfg: &ImageConfig) -> Vec<String> {
             argv
         }
     }
+}
+
+/// Parses the base image's ONBUILD triggers into instructions placed at the FROM line.
+fn onbuild_triggers(triggers: &[String], from_line: usize) -> Result<Vec<Instruction>> {
+    let mut out = Vec::new();
+    for t in triggers {
+        let df = crate::dockerfile::parse(t.as_bytes()).map_err(|e| {
+            at_line(
+                from_line,
+                format!("ONBUILD trigger {t:?} of the base: {}", e.message),
+            )
+        })?;
+        for mut inst in df.instructions {
+            if matches!(
+                inst.keyword,
+                Keyword::From | Keyword::Onbuild | Keyword::Maintainer
+            ) {
+                return Err(at_line(
+                    from_line,
+                    format!(
+                        "ONBUILD trigger {t:?} of the base: {:?} is not allowed as a trigger",
+                        inst.keyword
+                    ),
+                ));
+            }
+            inst.span.start = from_line;
+            inst.span.end = from_line;
+            out.push(inst);
+        }
+    }
+    Ok(out)
 }
 
 /// The argv of a RUN and its heredoc script, if the command is one heredoc with a shebang.

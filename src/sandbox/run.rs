@@ -553,6 +553,8 @@ fn exec_command(spec: &RunSpec<'_>, p: &Prepared, out: RawFd) -> anyhow::Error {
             libc::close(out);
             libc::setsid();
         }
+        close_inherited_fds();
+        reset_signals();
         let u = spec.user;
         let groups: Vec<nix::unistd::Gid> = u
             .groups
@@ -586,6 +588,52 @@ fn exec_command(spec: &RunSpec<'_>, p: &Prepared, out: RawFd) -> anyhow::Error {
     match r {
         Err(e) => e,
         Ok(never) => match never {},
+    }
+}
+
+/// Makes every descriptor but 0–2 go away at exec (rbuild's own, and whatever its caller
+/// left open): a step must not reach host files through an inherited descriptor.
+fn close_inherited_fds() {
+    // close_range(3, ~0, CLOSE_RANGE_CLOEXEC): every descriptor above 2 closes at exec.
+    // SAFETY: a plain syscall with constant arguments.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32) } == 0 {
+        return;
+    }
+    let keep: Vec<RawFd> = (0..3).collect();
+    if let Ok(dir) = fs::read_dir("/proc/self/fd") {
+        let fds: Vec<RawFd> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        for fd in fds {
+            if keep.contains(&fd) {
+                continue;
+            }
+            // SAFETY: F_GETFD/F_SETFD on a descriptor number; harmless if it is gone.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                    libc::close(fd);
+                }
+            }
+        }
+    }
+}
+
+/// Restores default signal dispositions and an empty mask: the Rust runtime ignores
+/// SIGPIPE, and an ignored signal stays ignored across exec (pipelines like `yes | head`
+/// would never end).
+fn reset_signals() {
+    // SAFETY: plain signal calls on valid signal numbers.
+    unsafe {
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
 }
 

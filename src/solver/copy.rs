@@ -69,9 +69,9 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
             .any(|m| matches!(m, Found::Path(p) if p.kind == context::EntryKind::Dir));
 
     if into_dir {
-        out.ensure_dir(inp, step, &dest.rel, true)?;
+        out.ensure_dir(inp, &dest.rel)?;
     } else if let Some(parent) = parent_of(&dest.rel) {
-        out.ensure_dir(inp, step, parent, false)?;
+        out.ensure_dir(inp, parent)?;
     }
 
     for m in &matches {
@@ -109,7 +109,7 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
                             e.rel_path.clone()
                         };
                         if step.parents {
-                            out.ensure_parents_below(inp, step, &dest.rel, &rel)?;
+                            out.ensure_parents_below(inp, &dest.rel, &rel)?;
                         }
                         if let Some(entry) = entry_from_disk(
                             &join(&dest.rel, &rel),
@@ -128,7 +128,7 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
                         continue;
                     }
                     let target = if step.parents && into_dir {
-                        out.ensure_parents_below(inp, step, &dest.rel, &m.rel_path)?;
+                        out.ensure_parents_below(inp, &dest.rel, &m.rel_path)?;
                         join(&dest.rel, &m.rel_path)
                     } else if into_dir {
                         join(&dest.rel, name)
@@ -145,7 +145,7 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
                             target.clone()
                         };
                         if !into_dir {
-                            out.ensure_dir(inp, step, &base, true)?;
+                            out.ensure_dir(inp, &base)?;
                         }
                         extract_archive(&m.host_path, &base, step, inp, &mut out)?;
                         continue;
@@ -180,21 +180,14 @@ impl Entries {
     }
 
     /// Adds `rel` and its missing parents as directories, unless they exist in the
-    /// destination filesystem or are already entries. `is_dest` marks the destination
-    /// directory itself, which gets `--chmod` too.
-    fn ensure_dir(
-        &mut self,
-        inp: &CopyInputs<'_>,
-        step: &CopyStep,
-        rel: &str,
-        is_dest: bool,
-    ) -> Result<()> {
+    /// destination filesystem or are already entries.
+    fn ensure_dir(&mut self, inp: &CopyInputs<'_>, rel: &str) -> Result<()> {
         if rel.is_empty() {
             return Ok(());
         }
         let mut prefix = String::new();
         let parts: Vec<&str> = rel.split('/').collect();
-        for (i, part) in parts.iter().enumerate() {
+        for part in &parts {
             prefix = join(&prefix, part);
             if self.by_path.contains_key(&prefix) {
                 continue;
@@ -207,11 +200,9 @@ impl Entries {
                 }
                 _ => {}
             }
-            let last = i + 1 == parts.len();
-            let mode = match (&step.chmod, is_dest && last) {
-                (Some(c), true) => c.apply(0o755, true),
-                _ => 0o755,
-            };
+            // Missing destination directories are 0755 whatever --chmod says (BuildKit's
+            // MkdirAll); --chmod applies to what is copied.
+            let mode = 0o755;
             let owner = inp.owner.unwrap_or(Owner { uid: 0, gid: 0 });
             self.push(LayerEntry {
                 path: prefix.clone(),
@@ -227,15 +218,9 @@ impl Entries {
     }
 
     /// With `--parents`: the directories between the destination and `rel`'s parent.
-    fn ensure_parents_below(
-        &mut self,
-        inp: &CopyInputs<'_>,
-        step: &CopyStep,
-        dest: &str,
-        rel: &str,
-    ) -> Result<()> {
+    fn ensure_parents_below(&mut self, inp: &CopyInputs<'_>, dest: &str, rel: &str) -> Result<()> {
         if let Some(parent) = parent_of(rel) {
-            self.ensure_dir(inp, step, &join(dest, parent), false)?;
+            self.ensure_dir(inp, &join(dest, parent))?;
         }
         Ok(())
     }

@@ -122,6 +122,8 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
             }
         };
         let expanded = expand_stage(plan, index, &state.config)?;
+        // The base's ONBUILD triggers became this stage's first steps; they are not inherited.
+        state.config.config.on_build.clear();
         used_args.extend(expanded.used_args.iter().cloned());
         let total = expanded.steps.len();
         for (n, step) in expanded.steps.iter().enumerate() {
@@ -381,7 +383,7 @@ fn missing_dirs(
     Ok(entries)
 }
 
-/// The config a `FROM scratch` stage starts with (BuildKit gives it a default PATH).
+/// The config a `FROM scratch` stage starts with (BuildKit's: a default PATH, WorkingDir /).
 fn scratch_config(platform: &Platform) -> ImageConfig {
     let mut cfg = ImageConfig {
         architecture: platform.arch.clone(),
@@ -390,6 +392,7 @@ fn scratch_config(platform: &Platform) -> ImageConfig {
         ..Default::default()
     };
     cfg.config.set_env("PATH", DEFAULT_PATH);
+    cfg.config.working_dir = "/".into();
     cfg
 }
 

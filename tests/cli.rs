@@ -1,0 +1,755 @@
+//! Command-line behaviour beyond single cases: reproducibility, stdin and stdout streams,
+//! id and metadata files, quiet mode, help and version, the two command forms, usage errors,
+//! and that failed builds leave nothing behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::case::{Case, Outputs};
+use common::image::{skopeo, skopeo_json, DockerArchive, Files, OciImage};
+use common::tree::FsTree;
+use common::{
+    dir_entries, is_root, leftover_temp_files, rbuild, require_tools, run_cmd, sha256_hex, Ran,
+    TestDir, TOOL_TIMEOUT,
+};
+
+/// The epoch the reproducibility tests build with, and its RFC 3339 form.
+const EPOCH: &str = "1700000000";
+const EPOCH_RFC3339: &str = "2023-11-14T22:13:20Z";
+
+/// The Dockerfile of the small context most tests build.
+const DOCKERFILE: &str =
+    "FROM scratch\nCOPY hello.txt /hello.txt\nCOPY sub /sub/\nLABEL test=cli\n";
+
+/// Writes the small context (Dockerfile included) into `dir/ctx` and returns its path.
+fn small_context(dir: &TestDir) -> PathBuf {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(ctx.join("sub")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    std::fs::write(ctx.join("sub/inner.txt"), "inner\n").unwrap();
+    ctx
+}
+
+/// Runs rbuild in `dir` with `SOURCE_DATE_EPOCH` set and a cache dir of its own.
+fn rbuild_at_epoch(dir: &Path, cache: &str, args: &[&str], stdin: Option<&[u8]>) -> Ran {
+    let mut cmd = common::rbuild_cmd();
+    cmd.current_dir(dir)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .args(["--cache-dir", cache])
+        .args(args);
+    run_cmd(&mut cmd, stdin, common::RBUILD_TIMEOUT)
+}
+
+/// Checks that `fs` (a flat filesystem tar) holds the small context's files.
+fn assert_small_fs(fs_tar: &[u8], what: &str) {
+    let t = FsTree::from_tar(fs_tar).unwrap_or_else(|e| panic!("{what}: not a tar: {e}"));
+    let content = |p: &str| t.nodes.get(p).and_then(|n| n.content.clone());
+    assert_eq!(
+        content("/hello.txt").as_deref(),
+        Some(&b"hello\n"[..]),
+        "{what}: /hello.txt"
+    );
+    assert_eq!(
+        content("/sub/inner.txt").as_deref(),
+        Some(&b"inner\n"[..]),
+        "{what}: /sub/inner.txt"
+    );
+    assert!(
+        !t.nodes.contains_key("/Dockerfile"),
+        "{what}: the Dockerfile was copied"
+    );
+}
+
+/// Runs `tar` with `args` (in `dir`) and returns its stdout.
+fn tar_stream(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let mut cmd = Command::new("tar");
+    cmd.current_dir(dir).args(args);
+    let ran = run_cmd(&mut cmd, None, TOOL_TIMEOUT);
+    ran.assert_ok("tar");
+    ran.stdout
+}
+
+#[test]
+fn reproducible_builds_are_byte_identical() {
+    for name in [
+        "heredoc_copy",
+        "multistage_copy_from",
+        "hardlinks",
+        "long_names",
+        "add_extract_formats",
+    ] {
+        let case = Case::load(name);
+        if !require_tools(
+            name,
+            &case
+                .expect
+                .requires
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ) {
+            continue;
+        }
+        // Two separate copies of the inputs (other paths, inodes and mtimes), two caches.
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                let work = case.prepare();
+                let outs = Outputs::new(&work.out());
+                let ran = case.run_rbuild(&work, &outs.args(), &[("SOURCE_DATE_EPOCH", EPOCH)]);
+                ran.assert_ok(&format!("{name}: build with SOURCE_DATE_EPOCH"));
+                (work, outs)
+            })
+            .collect();
+        let (a, b) = (&runs[0].1, &runs[1].1);
+        for (what, pa, pb) in [
+            ("oci tar", &a.oci_tar, &b.oci_tar),
+            ("docker-archive", &a.docker, &b.docker),
+            ("filesystem tar", &a.flat_tar, &b.flat_tar),
+            ("iidfile", &a.iidfile, &b.iidfile),
+        ] {
+            let (x, y) = (std::fs::read(pa).unwrap(), std::fs::read(pb).unwrap());
+            assert_eq!(
+                sha256_hex(&x),
+                sha256_hex(&y),
+                "{name}: two builds with SOURCE_DATE_EPOCH={EPOCH} gave different {what}s"
+            );
+        }
+        let img = OciImage::read(
+            &Files::from_tar(&std::fs::read(&a.oci_tar).unwrap()).unwrap(),
+            name,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(img.config["created"], EPOCH_RFC3339, "{name}: created");
+        for h in img.config["history"].as_array().unwrap() {
+            assert_eq!(h["created"], EPOCH_RFC3339, "{name}: history entry {h}");
+        }
+        let epoch: u64 = EPOCH.parse().unwrap();
+        for (i, layer) in img.layers.iter().enumerate() {
+            let t = common::image::layers_tree(std::slice::from_ref(layer)).unwrap();
+            for (path, node) in &t.nodes {
+                assert!(
+                    node.mtime <= epoch,
+                    "{name}: layer {i}: {path} has mtime {} > {epoch}",
+                    node.mtime
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tar_outputs_stream_to_stdout() {
+    let dir = TestDir::new("stdout");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let file_out = dir.join("fs.tar").to_string_lossy().into_owned();
+
+    let ran = rbuild_at_epoch(dir.path(), "c1", &["-o", "type=tar,dest=-", &ctx_s], None);
+    ran.assert_ok("type=tar,dest=-");
+    assert_small_fs(&ran.stdout, "type=tar,dest=- on stdout");
+    let short = rbuild_at_epoch(dir.path(), "c1", &["-o", "-", &ctx_s], None);
+    short.assert_ok("-o -");
+    assert_eq!(
+        short.stdout, ran.stdout,
+        "`-o -` and `-o type=tar,dest=-` differ"
+    );
+    let to_file = rbuild_at_epoch(
+        dir.path(),
+        "c2",
+        &["-o", &format!("type=tar,dest={file_out}"), &ctx_s],
+        None,
+    );
+    to_file.assert_ok("type=tar to a file");
+    assert!(
+        to_file.stdout.is_empty(),
+        "a build to files printed on stdout"
+    );
+    assert_eq!(
+        std::fs::read(&file_out).unwrap(),
+        ran.stdout,
+        "stdout and file tar outputs differ"
+    );
+
+    // A bare path is type=local.
+    let local = dir.join("localdir");
+    rbuild_at_epoch(
+        dir.path(),
+        "c1",
+        &["-o", &local.to_string_lossy(), &ctx_s],
+        None,
+    )
+    .assert_ok("-o DIR");
+    assert_eq!(
+        std::fs::read(local.join("hello.txt")).unwrap(),
+        b"hello\n",
+        "-o DIR"
+    );
+
+    if !require_tools("tar_outputs_stream_to_stdout", &["skopeo"]) {
+        return;
+    }
+    for kind in ["oci", "docker"] {
+        let ran = rbuild_at_epoch(
+            dir.path(),
+            "c1",
+            &["-o", &format!("type={kind},dest=-"), &ctx_s],
+            None,
+        );
+        ran.assert_ok(&format!("type={kind},dest=-"));
+        let path = dir.join(format!("{kind}-from-stdout.tar"));
+        std::fs::write(&path, &ran.stdout).unwrap();
+        let transport = if kind == "oci" {
+            "oci-archive"
+        } else {
+            "docker-archive"
+        };
+        let v = skopeo_json(&["inspect", &format!("{transport}:{}", path.display())])
+            .unwrap_or_else(|e| panic!("type={kind},dest=- is not readable by skopeo: {e}"));
+        assert_eq!(
+            v["Layers"].as_array().map(Vec::len),
+            Some(2),
+            "type={kind},dest=-: {v}"
+        );
+        let file = dir.join(format!("{kind}-file.tar"));
+        let spec = format!("type={kind},dest={}", file.display());
+        rbuild_at_epoch(dir.path(), "c3", &["-o", &spec, &ctx_s], None).assert_ok(&spec);
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            ran.stdout,
+            "type={kind}: stdout and file differ"
+        );
+    }
+}
+
+#[test]
+fn context_from_a_tar_on_stdin() {
+    let dir = TestDir::new("stdin-ctx");
+    let ctx = small_context(&dir);
+    std::fs::create_dir(ctx.join("alt")).unwrap();
+    std::fs::write(
+        ctx.join("alt/Other.Dockerfile"),
+        "FROM scratch\nCOPY sub/inner.txt /only.txt\n",
+    )
+    .unwrap();
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let reference = rbuild_at_epoch(dir.path(), "c0", &["-o", "type=tar,dest=-", &ctx_s], None);
+    reference.assert_ok("build from the directory");
+
+    for (what, flags) in [("plain tar", "-cf"), ("gzip tar", "-czf")] {
+        let stream = tar_stream(&ctx, &[flags, "-", "."]);
+        let ran = rbuild_at_epoch(
+            dir.path(),
+            "c1",
+            &["-o", "type=tar,dest=-", "-"],
+            Some(&stream),
+        );
+        ran.assert_ok(&format!("context as a {what} on stdin"));
+        assert_small_fs(&ran.stdout, &format!("context as a {what} on stdin"));
+        assert_eq!(
+            ran.stdout, reference.stdout,
+            "context as a {what} on stdin gives another filesystem than the directory"
+        );
+    }
+    let stream = tar_stream(&ctx, &["-cf", "-", "."]);
+    let ran = rbuild_at_epoch(
+        dir.path(),
+        "c2",
+        &["-f", "alt/Other.Dockerfile", "-o", "type=tar,dest=-", "-"],
+        Some(&stream),
+    );
+    ran.assert_ok("-f NAME with the context on stdin");
+    let t = FsTree::from_tar(&ran.stdout).unwrap();
+    let names: Vec<&String> = t.nodes.keys().collect();
+    assert_eq!(
+        names,
+        ["/only.txt"],
+        "-f alt/Other.Dockerfile from the stdin context"
+    );
+
+    let garbage = b"this is not a tar archive at all".repeat(100);
+    let ran = rbuild_at_epoch(
+        dir.path(),
+        "c3",
+        &["-o", "type=tar,dest=out.tar", "-"],
+        Some(&garbage),
+    );
+    assert_eq!(ran.code, 1, "garbage context on stdin: {}", ran.summary());
+    assert!(
+        !dir.join("out.tar").exists(),
+        "garbage context left out.tar"
+    );
+    let left = leftover_temp_files(&dir.join("c3"));
+    assert!(left.is_empty(), "garbage context left temp files: {left:?}");
+}
+
+#[test]
+fn dockerfile_from_stdin() {
+    let dir = TestDir::new("stdin-df");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let df = b"FROM scratch\nCOPY <<EOF /hello.txt\nhello from stdin\nEOF\nCOPY sub/inner.txt /inner.txt\n";
+    let ran = rbuild_at_epoch(
+        dir.path(),
+        "c",
+        &["-f", "-", "-o", "type=tar,dest=-", &ctx_s],
+        Some(df),
+    );
+    ran.assert_ok("-f -");
+    let t = FsTree::from_tar(&ran.stdout).unwrap();
+    let content = |p: &str| t.nodes.get(p).and_then(|n| n.content.clone());
+    assert_eq!(
+        content("/hello.txt").as_deref(),
+        Some(&b"hello from stdin\n"[..]),
+        "-f -: heredoc"
+    );
+    assert_eq!(
+        content("/inner.txt").as_deref(),
+        Some(&b"inner\n"[..]),
+        "-f -: context file"
+    );
+    assert!(
+        !t.nodes.contains_key("/sub"),
+        "-f - used the context's Dockerfile"
+    );
+
+    let ran = rbuild(
+        dir.path(),
+        &["-f", "-", "-o", "type=tar,dest=x.tar", "-"],
+        Some(df),
+    );
+    assert_eq!(
+        ran.code,
+        2,
+        "-f - with context - must be a usage error: {}",
+        ran.summary()
+    );
+}
+
+#[test]
+fn iidfile_and_metadata_file() {
+    if !require_tools("iidfile_and_metadata_file", &["skopeo"]) {
+        return;
+    }
+    let dir = TestDir::new("iid");
+    let ctx = small_context(&dir);
+    let out = dir.join("out.tar");
+    let (iid, meta) = (dir.join("iid"), dir.join("meta.json"));
+    let args: Vec<String> = vec![
+        "build".into(),
+        "--cache-dir".into(),
+        dir.join("cache").to_string_lossy().into_owned(),
+        "-t".into(),
+        "meta-test:1".into(),
+        "-o".into(),
+        format!("type=oci,dest={}", out.display()),
+        "--iidfile".into(),
+        iid.to_string_lossy().into_owned(),
+        "--metadata-file".into(),
+        meta.to_string_lossy().into_owned(),
+        ctx.to_string_lossy().into_owned(),
+    ];
+    let ran = rbuild(dir.path(), &args, None);
+    ran.assert_ok("build with --iidfile and --metadata-file");
+    let reference = format!("oci-archive:{}", out.display());
+    let raw = skopeo(&["inspect", "--raw", "--config", &reference]).unwrap();
+    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    let config_digest = format!("sha256:{}", sha256_hex(raw));
+    let id = std::fs::read_to_string(&iid).unwrap();
+    assert_eq!(
+        id.trim(),
+        config_digest,
+        "--iidfile must hold the config digest"
+    );
+    let manifest = skopeo_json(&["inspect", &reference]).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta).unwrap()).expect("--metadata-file is JSON");
+    assert_eq!(
+        m["containerimage.digest"], manifest["Digest"],
+        "containerimage.digest: {m}"
+    );
+    assert_eq!(
+        m["containerimage.config.digest"],
+        config_digest.as_str(),
+        "containerimage.config.digest: {m}"
+    );
+    let desc = &m["containerimage.descriptor"];
+    assert_eq!(
+        desc["digest"], manifest["Digest"],
+        "containerimage.descriptor: {m}"
+    );
+    assert_eq!(
+        desc["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+        "descriptor: {m}"
+    );
+    assert!(
+        desc["size"].as_u64().is_some_and(|s| s > 0),
+        "descriptor size: {m}"
+    );
+    assert!(
+        m["image.name"]
+            .as_str()
+            .is_some_and(|n| n.contains("meta-test:1")),
+        "image.name: {m}"
+    );
+}
+
+#[test]
+fn quiet_prints_only_the_image_id() {
+    let dir = TestDir::new("quiet");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let ran = rbuild_at_epoch(
+        dir.path(),
+        "c",
+        &[
+            "-q",
+            "--iidfile",
+            "iid",
+            "-o",
+            "type=oci,dest=out.tar",
+            &ctx_s,
+        ],
+        None,
+    );
+    ran.assert_ok("-q");
+    let id = std::fs::read_to_string(dir.join("iid")).unwrap();
+    assert_eq!(
+        ran.stdout_text(),
+        format!("{}\n", id.trim()),
+        "-q must print exactly the image id"
+    );
+    assert!(
+        id.starts_with("sha256:") && id.trim().len() == 71,
+        "image id {id:?}"
+    );
+    assert!(
+        ran.stderr.is_empty(),
+        "-q printed progress on stderr: {}",
+        ran.stderr_text()
+    );
+    let both = rbuild(dir.path(), &["-q", "-o", "-", &ctx_s], None);
+    assert_eq!(
+        both.code,
+        2,
+        "-q with an output on stdout: {}",
+        both.summary()
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let dir = TestDir::new("help");
+    let v = rbuild(dir.path(), &["--version"], None);
+    v.assert_ok("--version");
+    let text = v.stdout_text();
+    assert!(
+        text.contains("rbuild") && text.contains(env!("CARGO_PKG_VERSION")),
+        "--version printed {text:?}"
+    );
+    for args in [&["--help"][..], &["build", "--help"], &["-h"]] {
+        let h = rbuild(dir.path(), args, None);
+        h.assert_ok(&format!("{args:?}"));
+        let text = h.stdout_text();
+        for needle in [
+            "Examples:",
+            "rbuild [build] [OPTIONS] CONTEXT",
+            "type=oci",
+            "--build-arg",
+            "--target",
+        ] {
+            assert!(
+                text.contains(needle),
+                "{args:?} output lacks {needle:?}:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn build_subcommand_and_bare_form_agree() {
+    let dir = TestDir::new("forms");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    rbuild_at_epoch(
+        dir.path(),
+        "c1",
+        &["-o", "type=oci,dest=bare.tar", &ctx_s],
+        None,
+    )
+    .assert_ok("bare form");
+    let mut cmd = common::rbuild_cmd();
+    cmd.current_dir(dir.path())
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .args([
+            "build",
+            "--cache-dir",
+            "c2",
+            "-o",
+            "type=oci,dest=sub.tar",
+            &ctx_s,
+        ]);
+    run_cmd(&mut cmd, None, common::RBUILD_TIMEOUT).assert_ok("build subcommand");
+    let (a, b) = (
+        std::fs::read(dir.join("bare.tar")).unwrap(),
+        std::fs::read(dir.join("sub.tar")).unwrap(),
+    );
+    assert_eq!(
+        sha256_hex(&a),
+        sha256_hex(&b),
+        "`rbuild build` and bare `rbuild` give other images"
+    );
+    // The same cache again, and --no-cache, give the same image too.
+    rbuild_at_epoch(
+        dir.path(),
+        "c1",
+        &["-o", "type=oci,dest=again.tar", &ctx_s],
+        None,
+    )
+    .assert_ok("cached");
+    rbuild_at_epoch(
+        dir.path(),
+        "c1",
+        &["--no-cache", "-o", "type=oci,dest=nocache.tar", &ctx_s],
+        None,
+    )
+    .assert_ok("--no-cache");
+    for f in ["again.tar", "nocache.tar"] {
+        assert_eq!(
+            sha256_hex(&std::fs::read(dir.join(f)).unwrap()),
+            sha256_hex(&a),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = TestDir::new("usage");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let cases: &[&[&str]] = &[
+        &[],
+        &["build"],
+        &["--frobnicate", &ctx_s],
+        &["-o", "type=local,dest=-", &ctx_s],
+        &["-o", "type=oci,tar=maybe,dest=x", &ctx_s],
+        &["-o", "type=docker,tar=false,dest=x", &ctx_s],
+        &["-o", "-", "-o", "type=oci,dest=-", &ctx_s],
+        &["--progress", "fancy", &ctx_s],
+        &["--platform", "not-a-platform", &ctx_s],
+        &["--label", "novalue", &ctx_s],
+        &["--build-arg", "=x", &ctx_s],
+    ];
+    for args in cases {
+        let ran = rbuild(dir.path(), args, None);
+        assert_eq!(ran.code, 2, "rbuild {args:?}: {}", ran.summary());
+        assert!(!ran.stderr.is_empty(), "rbuild {args:?} gave no message");
+    }
+    let mut cmd = common::rbuild_cmd();
+    cmd.current_dir(dir.path())
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .args(["-o", "type=tar,dest=x.tar", &ctx_s]);
+    let ran = run_cmd(&mut cmd, None, common::RBUILD_TIMEOUT);
+    assert_eq!(
+        ran.code,
+        2,
+        "SOURCE_DATE_EPOCH=yesterday: {}",
+        ran.summary()
+    );
+    assert!(!dir.join("x.tar").exists());
+}
+
+#[test]
+fn failed_build_leaves_no_partial_output() {
+    let dir = TestDir::new("partial");
+    let ctx = small_context(&dir);
+    // Two layers are written before step 3 fails.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY hello.txt /a\nCOPY sub /b/\nCOPY not-there.txt /c\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("old.tar"), "old").unwrap();
+    let cache = dir.join("cache");
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let specs = [
+        format!("type=oci,dest={}/old.tar", out.display()),
+        format!("type=oci,tar=false,dest={}/layout", out.display()),
+        format!("type=docker,dest={}/docker.tar", out.display()),
+        format!("type=local,dest={}/rootfs", out.display()),
+        format!("type=tar,dest={}/fs.tar", out.display()),
+    ];
+    let mut args: Vec<String> = vec!["--cache-dir".into(), cache.to_string_lossy().into_owned()];
+    for s in &specs {
+        args.push("-o".into());
+        args.push(s.clone());
+    }
+    args.extend(["--iidfile".into(), format!("{}/iid", out.display())]);
+    args.extend([
+        "--metadata-file".into(),
+        format!("{}/meta.json", out.display()),
+    ]);
+    args.push(ctx_s);
+    let ran = rbuild(dir.path(), &args, None);
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    assert!(
+        ran.stderr_text().contains("Dockerfile:4"),
+        "{}",
+        ran.summary()
+    );
+    assert_eq!(
+        dir_entries(&out),
+        ["old.tar"],
+        "a failed build wrote into the output directory"
+    );
+    assert_eq!(
+        std::fs::read(out.join("old.tar")).unwrap(),
+        b"old",
+        "a failed build clobbered old.tar"
+    );
+    let left = leftover_temp_files(&cache);
+    assert!(
+        left.is_empty(),
+        "a failed build left temporary files in the cache: {left:?}"
+    );
+}
+
+#[test]
+fn unwritable_output_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    if is_root() {
+        eprintln!("skipping the read-only directory part: root may write anywhere (the /proc case covers root)");
+    } else {
+        let dir = TestDir::new("readonly");
+        let ctx = small_context(&dir);
+        let ro = dir.join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let spec = format!("type=oci,dest={}/out.tar", ro.display());
+        let ran = rbuild(
+            dir.path(),
+            &["--cache-dir", "cache", "-o", &spec, &ctx.to_string_lossy()],
+            None,
+        );
+        assert_eq!(ran.code, 1, "{}", ran.summary());
+        assert!(
+            dir_entries(&ro).is_empty(),
+            "files appeared in a read-only directory"
+        );
+    }
+    // An existing directory cannot be replaced by a tar output.
+    let dir = TestDir::new("dest-is-dir");
+    let ctx = small_context(&dir);
+    let target = dir.join("target");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("keep"), "keep").unwrap();
+    let spec = format!("type=tar,dest={}", target.display());
+    let cache = dir.join("cache");
+    let ran = rbuild(
+        dir.path(),
+        &[
+            "--cache-dir",
+            &cache.to_string_lossy(),
+            "-o",
+            &spec,
+            &ctx.to_string_lossy(),
+        ],
+        None,
+    );
+    assert_eq!(
+        ran.code,
+        1,
+        "a tar output onto a directory: {}",
+        ran.summary()
+    );
+    assert_eq!(dir_entries(&target), ["keep"], "the directory was changed");
+    let beside: Vec<String> = dir_entries(dir.path())
+        .into_iter()
+        .filter(|n| !["ctx", "target", "cache"].contains(&n.as_str()))
+        .collect();
+    assert!(
+        beside.is_empty(),
+        "temporary files left beside the destination: {beside:?}"
+    );
+    let left = leftover_temp_files(&cache);
+    assert!(
+        left.is_empty(),
+        "temporary files left in the cache: {left:?}"
+    );
+}
+
+#[test]
+fn output_names_are_recorded() {
+    let dir = TestDir::new("names");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let spec = format!(
+        "type=docker,dest={}/d.tar,name=named:2",
+        dir.path().display()
+    );
+    rbuild(
+        dir.path(),
+        &["--cache-dir", "c", "-t", "tagged:1", "-o", &spec, &ctx_s],
+        None,
+    )
+    .assert_ok("-o ...,name=");
+    let a = DockerArchive::read(&std::fs::read(dir.join("d.tar")).unwrap()).unwrap();
+    for want in ["tagged:1", "named:2"] {
+        assert!(
+            a.repo_tags
+                .iter()
+                .any(|t| t == want || t == &format!("docker.io/library/{want}")),
+            "RepoTags {:?} lack {want}",
+            a.repo_tags
+        );
+    }
+}
+
+#[test]
+fn cache_dir_defaults() {
+    let dir = TestDir::new("cache-env");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let home = dir.join("home");
+    std::fs::create_dir(&home).unwrap();
+    // RBUILD_CACHE_DIR, when set, is the cache.
+    let mut cmd = common::rbuild_cmd();
+    cmd.current_dir(dir.path())
+        .env("HOME", &home)
+        .env("RBUILD_CACHE_DIR", dir.join("envcache"))
+        .args(["-o", "type=tar,dest=a.tar", &ctx_s]);
+    run_cmd(&mut cmd, None, common::RBUILD_TIMEOUT).assert_ok("RBUILD_CACHE_DIR");
+    assert!(
+        !dir_entries(&dir.join("envcache")).is_empty(),
+        "RBUILD_CACHE_DIR was not used"
+    );
+    assert!(
+        dir_entries(&home).is_empty(),
+        "the cache went to HOME despite RBUILD_CACHE_DIR"
+    );
+    // Otherwise $XDG_CACHE_HOME/rbuild, else ~/.cache/rbuild.
+    let mut cmd = common::rbuild_cmd();
+    cmd.current_dir(dir.path())
+        .env("HOME", &home)
+        .env("XDG_CACHE_HOME", dir.join("xdg"))
+        .args(["-o", "type=tar,dest=b.tar", &ctx_s]);
+    run_cmd(&mut cmd, None, common::RBUILD_TIMEOUT).assert_ok("XDG_CACHE_HOME");
+    assert!(
+        dir.join("xdg/rbuild").is_dir(),
+        "XDG_CACHE_HOME/rbuild was not used"
+    );
+    let mut cmd = common::rbuild_cmd();
+    cmd.current_dir(dir.path())
+        .env("HOME", &home)
+        .args(["-o", "type=tar,dest=c.tar", &ctx_s]);
+    run_cmd(&mut cmd, None, common::RBUILD_TIMEOUT).assert_ok("HOME");
+    assert!(
+        home.join(".cache/rbuild").is_dir(),
+        "~/.cache/rbuild was not used"
+    );
+}

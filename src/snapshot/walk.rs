@@ -404,8 +404,11 @@ mod tests {
         symlink("keep", r.join("etc/link")).unwrap();
         fs::remove_file(r.join("etc/sub/gone")).unwrap();
         fs::remove_dir_all(r.join("old")).unwrap();
-        fs::remove_dir_all(r.join("re")).unwrap();
+        // The old directory still exists while the new one is made, so the inode differs
+        // (a freed inode number can be reused; then the change shows as whiteouts instead).
+        fs::rename(r.join("re"), r.join("re-old")).unwrap();
         fs::create_dir(r.join("re")).unwrap();
+        fs::remove_dir_all(r.join("re-old")).unwrap();
         fs::write(r.join("re/y"), "y").unwrap();
         fs::write(r.join("proc/1/ignored"), "i").unwrap();
 

@@ -41,11 +41,9 @@
 # adapters/rbuild.sh: `$RBUILD build --cache-dir STATE/cache -f DF -o type=oci,dest=OUT
 # --build-context busybox=oci-layout://images/busybox:latest ... CONTEXT`, binary from
 # RBUILD=/work/main/target/rbuild, `reset` = rm -rf STATE/cache (else `rbuild prune --all`).
-# Our binary plugs in as is once it has what the adapter assumes and this milestone lacks:
-# the --build-context flag and FROM <image> (every shared workload starts FROM busybox or
-# debian; RBUILD_BASE=oci-archive rewrites that to FROM oci-archive:..., also unsupported
-# yet), and RUN for run-steps/multistage/big-layer. Until then only this script's FROM
-# scratch workloads measure rbuild. Don't run the shared matrix from here.
+# rbuild now has --build-context, FROM <image> and RUN, which the adapter needs; it still
+# lacks `rbuild prune` (the cache issue), and RBUILD_BASE=oci-archive's `FROM oci-archive:…`
+# spelling. Don't run the shared matrix from here.
 # shellcheck disable=SC2317  # the bench_* functions are called by name
 set -euo pipefail
 umask 022

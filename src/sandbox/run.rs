@@ -626,9 +626,19 @@ fn close_inherited_fds() {
 fn reset_signals() {
     // SAFETY: plain signal calls on valid signal numbers.
     unsafe {
-        for sig in 1..32 {
+        // Every signal up to SIGRTMAX, real-time ones too (a caller may pass them in
+        // ignored; glibc's wrappers refuse 32 and 33, so the raw syscall is used). An
+        // all-zero kernel sigaction is SIG_DFL with no flags and an empty mask.
+        let dfl = [0usize; 4];
+        for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null::<usize>(),
+                    8usize,
+                );
             }
         }
         let mut set: libc::sigset_t = std::mem::zeroed();

@@ -5,6 +5,7 @@
 //! Every test crate includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod build;
 pub mod case;
 pub mod image;
 pub mod tree;

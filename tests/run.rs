@@ -1,0 +1,857 @@
+//! RUN steps end to end, on the generated busybox base (`make base`): the three forms and
+//! heredocs, users and groups, the owners and whiteouts of RUN layers, exit codes, the
+//! network, what a step cannot see or do (host files, new namespaces, mounts, inherited
+//! file descriptors), cancellation, `--isolation=chroot`, the single-id fallback and
+//! `rbuild info`. Each case is a Dockerfile under `testdata/run/`; the busybox OCI archive
+//! is loaded into each build's own store and every build uses `--pull=never`.
+//!
+//! `scripts/test.sh` runs these as root and again as an unprivileged user with sub-id
+//! ranges; what one of those cannot do is skipped with the reason.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use common::build::{
+    busybox, descendants, file_content, info, info_line, info_with, line_channel, mounts_under,
+    single_id_mode, skip, step_output, still_running, unshare_works, Build, HttpServer, Proc,
+};
+use common::{dir_entries, is_root, rbuild_bin, rbuild_cmd, require_tools, run_cmd, sha256_hex};
+
+/// The testdata group of these cases.
+const GROUP: &str = "run";
+
+/// A build of `testdata/run/NAME` with busybox loaded into its store, or `None` (skip)
+/// when the generated base is missing.
+fn prepared(test: &str, name: &str) -> Option<Build> {
+    let bb = busybox(test)?;
+    let b = Build::case(GROUP, name);
+    b.load_busybox(&bb);
+    Some(b)
+}
+
+/// The build arguments every test passes, plus `extra`.
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--pull=never"];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// The reason to skip owner assertions, when rbuild would run in single-id mode.
+fn single_id_skip(test: &str) -> bool {
+    match single_id_mode() {
+        Some(line) => {
+            skip(
+                test,
+                &format!("rbuild maps only one id here, so RUN steps cannot own files as other ids (id mapping: {line})"),
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn run_forms_and_heredocs_print_in_plain_progress() {
+    let test = "run_forms_and_heredocs_print_in_plain_progress";
+    let Some(b) = prepared(test, "forms") else {
+        return;
+    };
+    let built = b.build_ok(&args(&[]));
+    let err = built.ran.stderr_text();
+    for (instruction, lines) in [
+        ("RUN echo shell-form-", vec!["shell-form-42"]),
+        (
+            r#"RUN ["echo", "exec-form $HOME"]"#,
+            vec!["exec-form $HOME"],
+        ),
+        ("RUN <<SCRIPT", vec!["heredoc-first", "heredoc-42"]),
+        ("RUN <<AWK", vec!["awk-heredoc-42"]),
+        ("RUN <<SH", vec!["sh-shebang-heredoc-42"]),
+        ("RUN cat <<EOF > /greeting", vec![]),
+    ] {
+        let got = step_output(&err, instruction).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            got, lines,
+            "output of the step {instruction:?} in plain progress:\n{err}"
+        );
+    }
+    let fs = built.fs();
+    assert_eq!(
+        file_content(&fs, "/shebang").as_deref(),
+        Some("sh-shebang-heredoc-42\n"),
+        "/shebang written by the #!/bin/sh heredoc"
+    );
+    assert_eq!(
+        file_content(&fs, "/greeting").as_deref(),
+        Some("hello 2\n"),
+        "/greeting written by `cat <<EOF > /greeting` (expanded by the shell)"
+    );
+}
+
+#[test]
+fn user_sets_uid_gid_and_supplementary_groups() {
+    let test = "user_sets_uid_gid_and_supplementary_groups";
+    if single_id_skip(test) {
+        return;
+    }
+    let Some(b) = prepared(test, "users") else {
+        return;
+    };
+    let fs = b.build_ok(&args(&[])).fs();
+    let id = |p: &str| {
+        file_content(&fs, p)
+            .unwrap_or_else(|| panic!("{p} is missing"))
+            .trim()
+            .to_string()
+    };
+    let root = id("/id-root");
+    assert!(
+        root.starts_with("uid=0(root) gid=0(root)"),
+        "id as root: {root}"
+    );
+    let app = id("/tmp/id-app");
+    assert!(
+        app.starts_with("uid=1000(app) gid=1000(app) groups="),
+        "USER app: {app}"
+    );
+    let groups = app.split_once("groups=").map(|(_, g)| g).unwrap_or("");
+    let groups: Vec<&str> = groups.split(',').collect();
+    assert!(
+        groups.contains(&"50(staff)") && groups.contains(&"1000(app)"),
+        "USER app must have its primary group and staff (50) from /etc/group: {app}"
+    );
+    assert_eq!(
+        id("/tmp/id-app-staff"),
+        "uid=1000(app) gid=50(staff) groups=50(staff)",
+        "USER app:staff has that group only"
+    );
+    let numeric = id("/tmp/id-4242");
+    assert!(
+        numeric.starts_with("uid=4242 gid=0(root)"),
+        "USER 4242 (no passwd entry) runs with gid 0: {numeric}"
+    );
+}
+
+#[test]
+fn run_layers_record_owners() {
+    let test = "run_layers_record_owners";
+    if single_id_skip(test) {
+        return;
+    }
+    let Some(b) = prepared(test, "owners") else {
+        return;
+    };
+    let built = b.build_ok(&args(&[]));
+    let layers = built.layer_entries();
+    for (path, owner) in [
+        ("root-file", (0, 0)),
+        ("tmp/app-file", (1000, 1000)),
+        ("x", (1000, 50)),
+    ] {
+        let found: Vec<_> = layers.iter().flatten().filter(|e| e.path == path).collect();
+        assert_eq!(found.len(), 1, "{path} is in exactly one layer: {found:?}");
+        assert_eq!(
+            (found[0].uid, found[0].gid),
+            owner,
+            "owner of {path} in its layer's tar header"
+        );
+    }
+    let fs = built.fs();
+    for (path, owner) in [
+        ("/root-file", (0, 0)),
+        ("/tmp/app-file", (1000, 1000)),
+        ("/x", (1000, 50)),
+    ] {
+        let node = fs
+            .nodes
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} missing"));
+        assert_eq!(
+            node.owner,
+            Some(owner),
+            "owner of {path} in the type=tar output"
+        );
+    }
+}
+
+#[test]
+fn deletions_become_whiteouts() {
+    let test = "deletions_become_whiteouts";
+    let Some(b) = prepared(test, "deletions") else {
+        return;
+    };
+    let built = b.build_ok(&args(&[]));
+    let layers = built.layer_entries();
+    let layer = layers
+        .iter()
+        .find(|l| l.iter().any(|e| e.path == "bin/.wh.vi"))
+        .unwrap_or_else(|| panic!("no layer has the whiteout bin/.wh.vi: {layers:#?}"));
+    let names: Vec<&str> = layer.iter().map(|e| e.path.as_str()).collect();
+    assert!(
+        names.contains(&"etc/.wh.app.d"),
+        "the layer of `rm /bin/vi && rm -rf /etc/app.d` whites out etc/app.d: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("etc/app.d/")),
+        "one whiteout hides the deleted directory; nothing below it is listed: {names:?}"
+    );
+    let fs = built.fs();
+    for gone in [
+        "/bin/vi",
+        "/etc/app.d",
+        "/etc/app.d/c.conf",
+        "/data/a",
+        "/data/sub",
+    ] {
+        assert!(
+            !fs.nodes.contains_key(gone),
+            "{gone} is still in the final filesystem"
+        );
+    }
+    assert!(
+        fs.nodes.contains_key("/bin/busybox"),
+        "/bin/busybox is gone"
+    );
+    assert_eq!(file_content(&fs, "/data/new").as_deref(), Some("new\n"));
+    assert_eq!(file_content(&fs, "/var/new").as_deref(), Some(""));
+    assert_eq!(file_content(&fs, "/srv/new").as_deref(), Some(""));
+}
+
+/// The entry names of the one layer that adds `path`.
+fn layer_adding<'a>(layers: &'a [Vec<common::build::TarItem>], path: &str) -> Vec<&'a str> {
+    let found: Vec<_> = layers
+        .iter()
+        .filter(|l| l.iter().any(|e| e.path == path))
+        .collect();
+    assert_eq!(found.len(), 1, "{path} must be added by exactly one layer");
+    found[0].iter().map(|e| e.path.as_str()).collect()
+}
+
+#[test]
+fn replaced_directories_hide_what_was_below() {
+    let test = "replaced_directories_hide_what_was_below";
+    let Some(b) = prepared(test, "deletions") else {
+        return;
+    };
+    let layers = b.build_ok(&args(&[])).layer_entries();
+    // `mv /data /data.old && mkdir /data ...`: the new /data is certainly a new inode, so
+    // the layer marks it opaque.
+    let data = layer_adding(&layers, "data/new");
+    assert!(
+        data.contains(&"data/.wh..wh..opq"),
+        "the layer of `mv /data /data.old && mkdir /data && ...` has no opaque marker \
+         data/.wh..wh..opq: {data:?}"
+    );
+    // `rm -rf /srv && mkdir /srv`: the filesystem may give the new directory the freed
+    // inode number, and then the old children are whited out one by one instead; either
+    // way everything that was below must be hidden.
+    let srv = layer_adding(&layers, "srv/new");
+    let opaque = srv.contains(&"srv/.wh..wh..opq");
+    let each = srv.contains(&"srv/.wh.old") && srv.contains(&"srv/.wh.sub");
+    assert!(
+        opaque || each,
+        "the layer of `rm -rf /srv && mkdir /srv && touch /srv/new` hides neither with an \
+         opaque marker nor with whiteouts of srv/old and srv/sub: {srv:?}"
+    );
+    // `rm -rf /var && mkdir /var` of the base's empty /var: nothing to hide, so the marker
+    // is optional (see the report: on ext4 the inode is reused and there is none).
+    let var = layer_adding(&layers, "var/new");
+    assert!(
+        var.contains(&"var"),
+        "the replaced /var is in its layer: {var:?}"
+    );
+}
+
+#[test]
+fn failing_run_reports_its_line_and_exit_code() {
+    let test = "failing_run_reports_its_line_and_exit_code";
+    let Some(b) = prepared(test, "exit-code") else {
+        return;
+    };
+    let mut extra = args(&[]);
+    let outs = b.output_args();
+    extra.extend(outs.iter().map(String::as_str));
+    let ran = b.build(&extra);
+    let err = ran.stderr_text();
+    assert_eq!(
+        ran.code,
+        1,
+        "a failed RUN is exit code 1: {}",
+        ran.summary()
+    );
+    let line = b.line_of("RUN exit 3");
+    assert!(
+        err.contains(&format!("Dockerfile:{line}")),
+        "stderr must name Dockerfile:{line}: {err}"
+    );
+    assert!(
+        err.contains("did not complete successfully: exit code: 3"),
+        "stderr must give the exit code: {err}"
+    );
+    assert_eq!(
+        step_output(&err, "RUN echo before-failure").unwrap_or_else(|e| panic!("{e}")),
+        ["before-failure"]
+    );
+    assert!(
+        step_output(&err, "RUN echo after-failure").is_err(),
+        "the step after the failure ran: {err}"
+    );
+    assert_eq!(dir_entries(&b.out), Vec::<String>::new(), "partial output");
+    assert_eq!(b.leftover_temp_files(), Vec::<String>::new(), "store tmp/");
+}
+
+#[test]
+fn run_uses_the_host_network_by_default() {
+    let test = "run_uses_the_host_network_by_default";
+    let Some(b) = prepared(test, "network-default") else {
+        return;
+    };
+    let server = HttpServer::start("reachable");
+    let port = format!("PORT={}", server.port);
+    let fs = b.build_ok(&args(&["--build-arg", &port])).fs();
+    // The file, not wget's messages: busybox wget can crash on a refused connection.
+    assert_eq!(
+        file_content(&fs, "/out").as_deref(),
+        Some("reachable"),
+        "/out fetched from 127.0.0.1:{}",
+        server.port
+    );
+    assert!(server.hits() >= 1, "the server saw no request");
+}
+
+#[test]
+fn run_network_none_cannot_reach_the_host() {
+    let test = "run_network_none_cannot_reach_the_host";
+    let Some(b) = prepared(test, "network-none") else {
+        return;
+    };
+    let server = HttpServer::start("reachable");
+    let port = format!("PORT={}", server.port);
+    let fs = b.build_ok(&args(&["--build-arg", &port])).fs();
+    let out = file_content(&fs, "/out");
+    assert!(
+        !out.as_deref().unwrap_or("").contains("reachable"),
+        "RUN --network=none fetched from the host: /out = {out:?}"
+    );
+    assert_eq!(
+        server.hits(),
+        0,
+        "the server was reached from --network=none"
+    );
+    let dev = file_content(&fs, "/net-dev").expect("/net-dev written");
+    let interfaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        interfaces,
+        ["lo"],
+        "--network=none has only loopback: {dev}"
+    );
+}
+
+#[test]
+fn run_cannot_see_host_files() {
+    let test = "run_cannot_see_host_files";
+    let Some(b) = prepared(test, "host-files") else {
+        return;
+    };
+    let secret = sha256_hex(format!("{:?}{}", Instant::now(), std::process::id()).as_bytes());
+    let name = format!("secret-{}.txt", &secret[..16]);
+    // In the scratch directory, outside the build context.
+    let path = b.dir.join(&name);
+    std::fs::write(&path, &secret).unwrap();
+    let path_arg = format!("SECRET_PATH={}", path.display());
+    let name_arg = format!("SECRET_NAME={name}");
+    let built = b.build_ok(&args(&["--build-arg", &path_arg, "--build-arg", &name_arg]));
+    let fs = built.fs();
+    let leak = file_content(&fs, "/leak");
+    assert!(
+        leak.as_deref().unwrap_or("").is_empty(),
+        "a RUN step read the host file {}: {leak:?}",
+        path.display()
+    );
+    let found = file_content(&fs, "/found").expect("/found written");
+    assert!(
+        found.trim().is_empty(),
+        "the host file is visible in the step: {found}"
+    );
+    // /proc/1/root is the step's own root (or unreadable), never the host's.
+    let listing = file_content(&fs, "/proc1-root").expect("/proc1-root written");
+    let image_top: Vec<String> = fs
+        .nodes
+        .keys()
+        .filter(|p| p.matches('/').count() == 1)
+        .map(|p| p[1..].to_string())
+        .collect();
+    let host_only: Vec<String> = dir_entries(std::path::Path::new("/"))
+        .into_iter()
+        .filter(|n| !image_top.contains(n))
+        .collect();
+    for n in &host_only {
+        assert!(
+            !listing.lines().any(|l| l.trim() == n),
+            "`ls /proc/1/root/` in a step shows the host's /{n}: {listing}"
+        );
+    }
+}
+
+#[test]
+fn new_user_namespaces_are_refused_in_a_step() {
+    let test = "new_user_namespaces_are_refused_in_a_step";
+    let Some(b) = prepared(test, "unshare") else {
+        return;
+    };
+    let ran = b.build(&args(&[]));
+    assert_step_failed(&b, &ran, "RUN unshare -U true");
+}
+
+#[test]
+fn mounts_are_refused_in_a_step() {
+    let test = "mounts_are_refused_in_a_step";
+    let Some(b) = prepared(test, "mount") else {
+        return;
+    };
+    let ran = b.build(&args(&[]));
+    assert_step_failed(&b, &ran, "RUN mount -t tmpfs x /mnt");
+}
+
+/// Checks that the build failed (exit 1) because the step on the line starting with
+/// `instruction` exited non-zero after it started.
+fn assert_step_failed(b: &Build, ran: &common::Ran, instruction: &str) {
+    let err = ran.stderr_text();
+    assert_eq!(ran.code, 1, "`{instruction}` must fail: {}", ran.summary());
+    step_output(&err, instruction).unwrap_or_else(|e| panic!("the step did not start: {e}"));
+    let line = b.line_of(instruction);
+    assert!(
+        err.contains(&format!("Dockerfile:{line}"))
+            && err.contains("did not complete successfully: exit code:"),
+        "the error must name Dockerfile:{line} and the step's exit code: {err}"
+    );
+}
+
+/// Builds the `signals` case (with a time limit: were SIGPIPE ignored, `yes | head` would
+/// never end) and returns the signals its first step started with ignored, and `/yes`.
+fn ignored_signals_in_a_step(test: &str) -> Option<(Vec<u32>, Option<String>)> {
+    let b = prepared(test, "signals")?;
+    let mut extra = args(&[]);
+    let outs = b.output_args();
+    extra.extend(outs.iter().map(String::as_str));
+    let built = b.run_built_within(&mut b.build_cmd(&extra), Duration::from_secs(60));
+    built.ran.assert_ok("the signals case");
+    let err = built.ran.stderr_text();
+    let lines = step_output(&err, r#"RUN ["grep", "^SigIgn:""#).unwrap_or_else(|e| panic!("{e}"));
+    let mask = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no SigIgn mask in the step's output: {lines:?}"));
+    let ignored = (0..64)
+        .filter(|b| mask & (1 << b) != 0)
+        .map(|b| b + 1)
+        .collect();
+    Some((ignored, file_content(&built.fs(), "/yes")))
+}
+
+#[test]
+fn steps_do_not_ignore_sigpipe() {
+    let test = "steps_do_not_ignore_sigpipe";
+    let Some((ignored, yes)) = ignored_signals_in_a_step(test) else {
+        return;
+    };
+    assert!(
+        !ignored.contains(&(libc::SIGPIPE as u32)),
+        "a step starts with SIGPIPE ignored (ignored: {ignored:?})"
+    );
+    assert_eq!(
+        yes.as_deref(),
+        Some("y\ny\ny\ny\ny\n"),
+        "/yes from `yes | head -c 10`"
+    );
+}
+
+#[test]
+fn steps_start_with_no_ignored_signals() {
+    let test = "steps_start_with_no_ignored_signals";
+    let Some((ignored, _)) = ignored_signals_in_a_step(test) else {
+        return;
+    };
+    // An ignored signal stays ignored across exec: whatever rbuild's caller ignored must
+    // not reach the step (`grep -q "^SigIgn:\s*0*$" /proc/self/status` must succeed).
+    assert!(
+        ignored.is_empty(),
+        "a step starts with these signals ignored: {ignored:?} (rbuild must reset every \
+         signal, real-time ones included: started from a Rust program, as here, rbuild \
+         itself starts with glibc's internal signals 32 and 33 ignored)"
+    );
+}
+
+#[test]
+fn inherited_file_descriptors_do_not_reach_steps() {
+    let test = "inherited_file_descriptors_do_not_reach_steps";
+    let Some(b) = prepared(test, "fds") else {
+        return;
+    };
+    let file = b.dir.join("fd7.txt");
+    std::fs::write(&file, "").unwrap();
+    let file_s = file.to_string_lossy().into_owned();
+    // The shell opens fd 7 (no close-on-exec) and proves it works before rbuild inherits it.
+    let script = r#"exec 7>>"$0" && echo probe >&7 && exec "$@""#;
+    let outs = b.output_args();
+    let mut extra = args(&[]);
+    extra.extend(outs.iter().map(String::as_str));
+    let mut cmd = b.wrapped_cmd(&["sh", "-c", script, &file_s], &extra);
+    let built = b.run_built(&mut cmd);
+    built.ran.assert_ok("build with an inherited fd 7");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "probe\n",
+        "a RUN step wrote to the fd 7 rbuild inherited"
+    );
+    let fds = file_content(&built.fs(), "/fds").expect("/fds written");
+    assert!(
+        !fds.lines().any(|l| l.trim() == "7"),
+        "fd 7 is open in the step: {fds}"
+    );
+}
+
+/// Starts the `cancel` build, waits for its step to print `started` and for `sleep 300` to
+/// run, sends `sig` to rbuild and checks that everything ends within 2 s and leaves nothing.
+fn cancel_with(test: &str, sig: Signal) {
+    let Some(b) = prepared(test, "cancel") else {
+        return;
+    };
+    let dest = format!("type=tar,dest={}", b.fs_out().display());
+    let mut cmd = b.build_cmd(&args(&["-o", &dest]));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start rbuild");
+    let pid = child.id() as i32;
+    let lines = line_channel(child.stderr.take().expect("stderr is piped"));
+    let mut seen = Vec::new();
+    let fail = |child: &mut std::process::Child, tree: &[Proc], msg: String| -> ! {
+        let _ = child.kill();
+        let _ = child.wait();
+        for p in tree.iter().filter(|p| still_running(p)) {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+        panic!("{msg}");
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) => {
+                let done = l.starts_with('#') && l.ends_with(" started");
+                seen.push(l);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => fail(
+                &mut child,
+                &[],
+                format!("the step never printed `started`:\n{}", seen.join("\n")),
+            ),
+        }
+    }
+    // The step's processes, while it runs (they are rbuild's descendants).
+    let mut tree = Vec::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        tree = descendants(pid);
+        if tree.iter().any(|p| p.cmdline == "sleep 300") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !tree.iter().any(|p| p.cmdline == "sleep 300") {
+        fail(
+            &mut child,
+            &tree,
+            format!("no `sleep 300` below rbuild (pid {pid}): {tree:#?}"),
+        );
+    }
+    kill(Pid::from_raw(pid), sig).expect("signal rbuild");
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for rbuild") {
+            break s;
+        }
+        if sent.elapsed() > Duration::from_secs(2) {
+            fail(
+                &mut child,
+                &tree,
+                format!("rbuild did not exit within 2 s of {sig:?}"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = sent.elapsed();
+    // Killed processes may take a moment to be reaped once rbuild is gone.
+    let grace = Instant::now() + Duration::from_millis(500);
+    let mut left: Vec<Proc> = tree.iter().filter(|p| still_running(p)).cloned().collect();
+    while !left.is_empty() && Instant::now() < grace {
+        std::thread::sleep(Duration::from_millis(20));
+        left.retain(still_running);
+    }
+    if !left.is_empty() {
+        fail(
+            &mut child,
+            &tree,
+            format!("processes of the build survived {sig:?}: {left:#?}"),
+        );
+    }
+    while let Ok(l) = lines.recv_timeout(Duration::from_secs(5)) {
+        seen.push(l);
+    }
+    let err = seen.join("\n");
+    assert!(
+        !status.success(),
+        "a cancelled build exited 0 after {took:?}:\n{err}"
+    );
+    assert!(
+        err.to_lowercase().contains("cancel"),
+        "rbuild should say the build was cancelled:\n{err}"
+    );
+    assert_eq!(b.leftover_temp_files(), Vec::<String>::new(), "store tmp/");
+    assert_eq!(
+        mounts_under(b.dir.path()),
+        Vec::<String>::new(),
+        "mounts left under the scratch directory"
+    );
+    assert!(!b.fs_out().exists(), "a cancelled build wrote its output");
+}
+
+#[test]
+fn sigint_cancels_the_build_and_its_step() {
+    cancel_with("sigint_cancels_the_build_and_its_step", Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_cancels_the_build_and_its_step() {
+    cancel_with("sigterm_cancels_the_build_and_its_step", Signal::SIGTERM);
+}
+
+#[test]
+fn chroot_isolation_runs_a_step() {
+    let test = "chroot_isolation_runs_a_step";
+    if !require_tools(test, &["unshare"]) {
+        return;
+    }
+    if let Err(why) = unshare_works(&["-Ur"]) {
+        skip(test, &format!("{why} (needs unprivileged user namespaces)"));
+        return;
+    }
+    let Some(b) = prepared(test, "chroot") else {
+        return;
+    };
+    // Root in a user namespace where no further user namespace can be made: where
+    // `--isolation=chroot` is meant for.
+    let script = r#"echo 0 > /proc/sys/user/max_user_namespaces || exit 97; exec "$@""#;
+    let outs = b.output_args();
+    let mut extra = args(&["--isolation=chroot"]);
+    extra.extend(outs.iter().map(String::as_str));
+    let mut cmd = b.wrapped_cmd(&["unshare", "-Ur", "sh", "-c", script, "sh"], &extra);
+    let built = b.run_built(&mut cmd);
+    if built.ran.code == 97 {
+        skip(
+            test,
+            "cannot set user.max_user_namespaces to 0 inside `unshare -Ur`",
+        );
+        return;
+    }
+    built.ran.assert_ok("--isolation=chroot build");
+    let fs = built.fs();
+    assert_eq!(file_content(&fs, "/c").as_deref(), Some("chroot\n"));
+    assert_eq!(
+        file_content(&fs, "/proc-list").as_deref(),
+        Some(""),
+        "the chroot isolation mounts no /proc (README), so the step saw an empty /proc"
+    );
+}
+
+/// How a test gets rbuild into single-id mode here: as root, by running it as `nobody`
+/// (uid 65534, which has no sub-id ranges); unprivileged, inside `unshare -U
+/// --map-current-user`, where the setuid newuidmap cannot work and rbuild falls back.
+enum SingleId {
+    /// Run as uid/gid 65534.
+    Nobody,
+    /// Run under `unshare -U --map-current-user`.
+    Nested,
+}
+
+impl SingleId {
+    /// The way available here, or `None` after printing why not.
+    fn get(test: &str) -> Option<SingleId> {
+        if is_root() {
+            // The binary must be reachable for uid 65534.
+            let mut probe = rbuild_cmd();
+            probe.arg("--version").uid(65534).gid(65534);
+            let ran = run_cmd(&mut probe, None, common::TOOL_TIMEOUT);
+            if ran.code != 0 {
+                skip(
+                    test,
+                    &format!(
+                        "{} cannot be run as uid 65534: {}",
+                        rbuild_bin().display(),
+                        ran.stderr_text().trim()
+                    ),
+                );
+                return None;
+            }
+            Some(SingleId::Nobody)
+        } else {
+            if !require_tools(test, &["unshare"]) {
+                return None;
+            }
+            if let Err(why) = unshare_works(&["-U", "--map-current-user"]) {
+                skip(test, &why);
+                return None;
+            }
+            Some(SingleId::Nested)
+        }
+    }
+
+    /// Prepares `b` (as nobody: hands its scratch directory to uid 65534).
+    fn prepare(&self, b: &Build) {
+        if let SingleId::Nobody = self {
+            for e in walkdir::WalkDir::new(b.dir.path()).into_iter().flatten() {
+                std::os::unix::fs::lchown(e.path(), Some(65534), Some(65534))
+                    .expect("chown the scratch directory to nobody");
+            }
+        }
+    }
+
+    /// A command running rbuild with `args` (after the program) this way.
+    fn cmd(&self, b: &Build, args: &[std::ffi::OsString]) -> Command {
+        let mut cmd = match self {
+            SingleId::Nobody => {
+                let mut c = rbuild_cmd();
+                c.uid(65534).gid(65534);
+                c
+            }
+            SingleId::Nested => {
+                let mut c = Command::new("unshare");
+                c.args(["-U", "--map-current-user"]).arg(rbuild_bin());
+                c.env_remove("SOURCE_DATE_EPOCH")
+                    .env_remove("RBUILD_CACHE_DIR")
+                    .env_remove("XDG_CACHE_HOME");
+                c
+            }
+        };
+        cmd.current_dir(b.dir.path()).args(args);
+        cmd
+    }
+}
+
+#[test]
+fn single_id_fallback_runs_steps_as_root_only() {
+    let test = "single_id_fallback_runs_steps_as_root_only";
+    let Some(mode) = SingleId::get(test) else {
+        return;
+    };
+    let Some(bb) = busybox(test) else {
+        return;
+    };
+    let mut results = Vec::new();
+    for name in ["single-id", "single-id-chown", "single-id-user"] {
+        let b = Build::case(GROUP, name);
+        b.load_busybox(&bb);
+        mode.prepare(&b);
+        let outs = b.output_args();
+        let mut extra = args(&[]);
+        extra.extend(outs.iter().map(String::as_str));
+        let built = b.run_built(&mut mode.cmd(&b, &b.build_args(&extra)));
+        results.push((b, built));
+    }
+    let (b, ok) = &results[0];
+    ok.ran.assert_ok("single-id build");
+    let err = ok.ran.stderr_text();
+    assert!(
+        err.contains("only your own user id is mapped"),
+        "rbuild must warn that it maps a single id: {err}"
+    );
+    let fs = ok.fs();
+    assert_eq!(file_content(&fs, "/single").as_deref(), Some("single\n"));
+    let id = file_content(&fs, "/id").unwrap_or_default();
+    assert!(id.starts_with("uid=0(root) gid=0(root)"), "id: {id}");
+    let entry = ok
+        .layer_entries()
+        .into_iter()
+        .flatten()
+        .find(|e| e.path == "single")
+        .expect("/single in a layer");
+    assert_eq!((entry.uid, entry.gid), (0, 0), "owner of /single");
+    b.line_of("RUN echo single");
+    for (b, built, instruction) in [
+        (&results[1].0, &results[1].1, "RUN chown 1000:50 /x"),
+        (&results[2].0, &results[2].1, "RUN id"),
+    ] {
+        let err = built.ran.stderr_text();
+        assert_eq!(
+            built.ran.code,
+            1,
+            "`{instruction}` must fail in single-id mode: {}",
+            built.ran.summary()
+        );
+        let line = b.line_of(instruction);
+        assert!(
+            err.contains(&format!("Dockerfile:{line}")),
+            "the error must name Dockerfile:{line}: {err}"
+        );
+    }
+    if let SingleId::Nobody = mode {
+        let mut cmd = rbuild_cmd();
+        cmd.arg("info").uid(65534).gid(65534);
+        let text = info_with(&mut cmd);
+        let mapping = info_line(&text, "id mapping:").unwrap_or_default();
+        assert!(
+            mapping.contains("single id"),
+            "rbuild info as a user without sub-ids: {text}"
+        );
+    }
+    // Nested (`unshare -U --map-current-user`), `rbuild info` still reports the full
+    // mapping: it reads /etc/subuid but does not try newuidmap. Not asserted here; see
+    // the report of the test author.
+}
+
+#[test]
+fn info_reports_namespaces_mapping_isolation_and_seccomp() {
+    let text = info();
+    for key in ["user namespaces:", "id mapping:", "isolation:", "seccomp:"] {
+        let v = info_line(&text, key).unwrap_or_else(|| panic!("no `{key}` line in:\n{text}"));
+        assert!(!v.is_empty(), "`{key}` is empty in:\n{text}");
+    }
+    let mapping = info_line(&text, "id mapping:").unwrap();
+    if is_root() {
+        assert!(
+            mapping.starts_with("none needed"),
+            "as root: id mapping {mapping}"
+        );
+    } else {
+        assert!(
+            mapping.starts_with("full") || mapping.starts_with("single id"),
+            "unprivileged: id mapping {mapping}"
+        );
+    }
+    let seccomp = info_line(&text, "seccomp:").unwrap();
+    assert!(
+        seccomp.contains("Docker default profile"),
+        "seccomp: {seccomp}"
+    );
+    let isolation = info_line(&text, "isolation:").unwrap();
+    assert!(
+        isolation.starts_with("namespaces") || isolation.starts_with("chroot"),
+        "isolation: {isolation}"
+    );
+}

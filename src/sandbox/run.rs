@@ -62,6 +62,9 @@ pub struct RunSpec<'a> {
     pub rootfs: &'a Path,
     /// The command.
     pub argv: &'a [String],
+    /// The file to execute: `argv[0]`, or where the caller found it on the step's PATH
+    /// (an absolute path inside the root).
+    pub program: &'a str,
     /// Its environment (`KEY=value`).
     pub env: &'a [String],
     /// Working directory inside the root (exists).
@@ -241,43 +244,16 @@ impl Prepared {
     fn new(spec: &RunSpec<'_>) -> Result<Prepared> {
         let cs = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL byte in {s:?}"));
         let argv: Vec<CString> = spec.argv.iter().map(|a| cs(a)).collect::<Result<_>>()?;
-        let first = spec
-            .argv
-            .first()
-            .ok_or_else(|| anyhow!("RUN has an empty command"))?;
-        let path = spec
-            .env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or(crate::plan::steps::DEFAULT_PATH);
-        let argv0 = if first.contains('/') {
-            first.clone()
-        } else {
-            // Looked up in the step's root, where it will be after pivot_root.
-            path.split(':')
-                .filter(|d| !d.is_empty())
-                .map(|d| format!("{}/{first}", d.trim_end_matches('/')))
-                .find(|p| is_executable_in(spec.rootfs, p))
-                .ok_or_else(|| anyhow!("exec: \"{first}\": executable file not found in $PATH"))?
-        };
+        if spec.argv.is_empty() {
+            bail!("RUN has an empty command");
+        }
         Ok(Prepared {
-            argv0: cs(&argv0)?,
+            argv0: cs(spec.program)?,
             argv,
             env: spec.env.iter().map(|e| cs(e)).collect::<Result<_>>()?,
             cwd: cs(spec.cwd)?,
         })
     }
-}
-
-/// True if absolute `path` (inside `root`) names an executable file, symlinks resolved
-/// inside the root.
-fn is_executable_in(root: &Path, path: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(r) = crate::solver::rootfs::resolve_in_root(root, path, true) else {
-        return false;
-    };
-    fs::metadata(root.join(&r.rel))
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn keeper_main(spec: &RunSpec<'_>, p: &Prepared, out: RawFd, err: &OwnedFd) -> Result<i32> {

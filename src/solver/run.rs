@@ -10,7 +10,7 @@ use super::rootfs::{read_image_file, resolve_in_root, FileKind};
 use super::users::resolve_run_user;
 use crate::cancel::Cancel;
 use crate::image::config::ImageConfig;
-use crate::plan::steps::RunStep;
+use crate::plan::steps::{RunStep, DEFAULT_PATH};
 use crate::sandbox::run::{mount_points, run, Credentials, Isolation, Network, Outcome, RunSpec};
 use crate::sandbox::seccomp::Filter;
 use crate::snapshot::walk::{MountPoints, TreeState};
@@ -79,6 +79,7 @@ pub fn run_command(
         config.config.working_dir.clone()
     };
 
+    let program = find_program(root, &step.argv, &environ)?;
     let before = TreeState::capture(root)?;
     ensure_workdir(root, &cwd)?;
     let etc = etc_files(scratch, network)?;
@@ -94,6 +95,7 @@ pub fn run_command(
     let spec = RunSpec {
         rootfs: root,
         argv: &step.argv,
+        program: &program,
         env: &environ,
         cwd: &cwd,
         user: &creds,
@@ -127,6 +129,33 @@ pub fn run_command(
         }
     }
     before.diff(root)
+}
+
+/// `argv[0]` as the step will exec it: as given when it holds a `/`, else the first
+/// executable file of that name on the step's PATH, looked up inside its root.
+fn find_program(root: &Path, argv: &[String], env: &[String]) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let first = argv
+        .first()
+        .ok_or_else(|| anyhow!("RUN has an empty command"))?;
+    if first.contains('/') {
+        return Ok(first.clone());
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let executable = |p: &str| {
+        resolve_in_root(root, p, true).is_ok_and(|r| {
+            fs::metadata(root.join(&r.rel))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    };
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{}/{first}", d.trim_end_matches('/')))
+        .find(|p| executable(p))
+        .ok_or_else(|| anyhow!("exec: \"{first}\": executable file not found in $PATH"))
 }
 
 fn show_command(argv: &[String]) -> String {

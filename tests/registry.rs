@@ -1,7 +1,9 @@
 //! The registry client against a real `docker-registry` on 127.0.0.1: push and pull round
 //! trips (monolithic and chunked uploads, mounts), cached pulls, multi-platform indexes,
-//! htpasswd authentication and the errors a person sees.
+//! htpasswd authentication and the errors a person sees; and the command line: a build
+//! pushed with `-o type=registry`, then a second build `FROM 127.0.0.1:PORT/...` that pulls it.
 
+mod common;
 mod registry_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +13,11 @@ use rbuild::image::MEDIA_TYPE_INDEX;
 use rbuild::plan::platform::Platform;
 use rbuild::source::registry::{Client, PullEvent, RegistryConfig, RegistryError};
 use rbuild::store::Store;
+use serde_json::Value;
+
+use common::build::{busybox, file_content, Build};
+use common::{require_tools, tool};
+use std::process::Command;
 
 use registry_support::{
     auth_file, blob, build_image, index, noise, skip_without_registry, skip_without_tls_registry,
@@ -268,4 +275,199 @@ fn loopback_registry_speaking_tls() {
         .expect("pull over TLS");
     assert_eq!(pulled.manifest_digest, image.manifest_digest);
     assert_eq!(pulled.layers, image.layers);
+}
+
+// --------------------------------------------------------------------- the command line
+
+/// The testdata group of the command-line cases.
+const GROUP: &str = "registry";
+
+/// The metadata file a build wrote, parsed.
+fn metadata(path: &std::path::Path) -> Value {
+    let text = std::fs::read(path).expect("the build wrote its metadata file");
+    serde_json::from_slice(&text).expect("the metadata file is JSON")
+}
+
+/// Builds `registry/push` on the loaded busybox base and pushes it as `name`; returns the
+/// pushed manifest digest after checking the progress output and the metadata file agree.
+fn push_case(extra: &[&str], name: &str) -> String {
+    let test = "push_case";
+    let bb = busybox(test).expect("the busybox base (checked by the caller)");
+    let b = Build::case(GROUP, "push");
+    b.load_busybox(&bb);
+    let meta = b.out.join("metadata.json");
+    let output = format!("type=registry,name={name}");
+    let mut args = vec!["--pull=never", "-o", &output, "--metadata-file"];
+    let meta_arg = meta.display().to_string();
+    args.push(&meta_arg);
+    args.extend_from_slice(extra);
+    let ran = b.build(&args);
+    ran.assert_ok("build pushed with -o type=registry");
+    let m = metadata(&meta);
+    let digest = m["containerimage.digest"]
+        .as_str()
+        .expect("containerimage.digest")
+        .to_string();
+    assert_eq!(
+        m["rbuild.pushed"],
+        serde_json::json!([{ "name": name, "digest": digest }]),
+        "the metadata file lists the push"
+    );
+    assert!(
+        ran.stderr_text()
+            .contains(&format!("pushed {name}@{digest}")),
+        "the progress output names the pushed digest: {}",
+        ran.summary()
+    );
+    assert!(b.leftover_temp_files().is_empty(), "temp files left");
+    digest
+}
+
+#[test]
+fn cli_push_then_build_from_the_registry() {
+    let test = "cli_push_then_build_from_the_registry";
+    if skip_without_registry() || !require_tools(test, &["skopeo"]) || busybox(test).is_none() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let host = registry.host.clone();
+    let name = format!("{host}/cli/app:v1");
+    let digest = push_case(&[], &name);
+
+    // skopeo sees the pushed image with that digest and the two new layers on the base.
+    let raw = tool(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw"])
+            .arg(format!("docker://{name}")),
+    )
+    .unwrap_or_else(|e| panic!("skopeo inspect --raw: {e}"));
+    assert_eq!(format!("sha256:{}", common::sha256_hex(&raw)), digest);
+    let manifest: Value = serde_json::from_slice(&raw).expect("the manifest is JSON");
+    let pushed_layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+
+    // A second build with an empty store: FROM the registry, pulled with the default --pull.
+    let pull = Build::case(GROUP, "pull");
+    let meta = pull.out.join("metadata.json");
+    let base_arg = format!("BASE={name}");
+    let meta_arg = meta.display().to_string();
+    let built = pull.build_ok(&["--build-arg", &base_arg, "--metadata-file", &meta_arg]);
+    assert_eq!(
+        file_content(&built.fs(), "/srv/seen").as_deref(),
+        Some("hello from the build context\nbuilt by rbuild\n"),
+        "the RUN step read the files of the pulled image"
+    );
+    let image = built.image();
+    let layers: Vec<String> = image.manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        layers.len(),
+        pushed_layers.len() + 1,
+        "one layer on the base"
+    );
+    assert_eq!(layers[..pushed_layers.len()], pushed_layers[..]);
+    assert_eq!(
+        metadata(&meta)["rbuild.base-images"],
+        serde_json::json!([{ "name": name, "digest": digest }])
+    );
+    let ls = pull.image_cmd("ls", &["-q"]);
+    ls.assert_ok("image ls -q");
+    assert!(
+        ls.stdout_text().lines().any(|l| l == name),
+        "the pulled base keeps its name in the store: {}",
+        ls.stdout_text()
+    );
+
+    // With the registry gone, the default --pull builds from the store; --pull=always fails
+    // naming the registry.
+    drop(registry);
+    pull.build_ok(&["--build-arg", &base_arg])
+        .ran
+        .assert_ok("a rebuild from the store with the registry down");
+    let ran = pull.build(&["--build-arg", &base_arg, "--pull=always"]);
+    assert_eq!(
+        ran.code,
+        1,
+        "--pull=always with the registry down: {}",
+        ran.summary()
+    );
+    assert!(
+        ran.stderr_text().contains(&host),
+        "the error names the registry: {}",
+        ran.summary()
+    );
+    assert!(!ran.stderr_text().contains("panicked"), "{}", ran.summary());
+}
+
+#[test]
+fn cli_registry_with_htpasswd() {
+    let test = "cli_registry_with_htpasswd";
+    if skip_without_registry() || busybox(test).is_none() {
+        return;
+    }
+    let registry = Registry::start(Some(("builder", "s3cret")));
+    let host = registry.host.clone();
+    let name = format!("{host}/private/app:v1");
+    let auth = tempfile::tempdir().expect("temporary directory");
+    let good = auth_file(auth.path(), &host, "builder", "s3cret");
+    let good_arg = good.display().to_string();
+    let digest = push_case(&["--authfile", &good_arg], &name);
+
+    let pull = Build::case(GROUP, "pull");
+    let base_arg = format!("BASE={name}");
+    // No credentials: refused, naming the registry.
+    let ran = pull.build(&["--build-arg", &base_arg]);
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    assert!(
+        ran.stderr_text()
+            .contains(&format!("no credentials found for {host}")),
+        "{}",
+        ran.summary()
+    );
+    // A wrong password: one clear error naming the registry and where the password came from.
+    let bad = auth_file(auth.path(), &host, "builder", "wrong");
+    let bad_arg = bad.display().to_string();
+    let ran = pull.build(&["--build-arg", &base_arg, "--authfile", &bad_arg]);
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    let stderr = ran.stderr_text();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("authentication to"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {}", ran.summary());
+    assert!(
+        errors[0].contains(&format!("authentication to {host} failed (401)"))
+            && errors[0].contains(&bad_arg),
+        "{}",
+        ran.summary()
+    );
+    assert!(pull.leftover_temp_files().is_empty(), "temp files left");
+    // The right password pulls it.
+    let meta = pull.out.join("metadata.json");
+    let meta_arg = meta.display().to_string();
+    let built = pull.build_ok(&[
+        "--build-arg",
+        &base_arg,
+        "--authfile",
+        &good_arg,
+        "--metadata-file",
+        &meta_arg,
+    ]);
+    assert_eq!(
+        file_content(&built.fs(), "/srv/seen").as_deref(),
+        Some("hello from the build context\nbuilt by rbuild\n")
+    );
+    assert_eq!(
+        metadata(&meta)["rbuild.base-images"],
+        serde_json::json!([{ "name": name, "digest": digest }]),
+        "the pulled base is the pushed image"
+    );
 }

@@ -104,6 +104,11 @@ pub struct BuildArgs {
     /// Extra CA certificates (PEM) trusted for registries; repeatable.
     #[arg(long = "registry-ca", value_name = "FILE")]
     pub registry_ca: Vec<PathBuf>,
+    /// Directory of per-registry certificates (`DIR/HOST[:PORT]/*.crt`, `*.cert` + `*.key`),
+    /// searched instead of `~/.config/containers/certs.d`, `/etc/containers/certs.d` and
+    /// `/etc/docker/certs.d`; repeatable.
+    #[arg(long = "cert-dir", value_name = "DIR")]
+    pub cert_dirs: Vec<PathBuf>,
     /// Registry (`host[:port]`) that may be reached over plain HTTP; repeatable
     /// (loopback registries always may).
     #[arg(long = "insecure-registry", value_name = "HOST")]
@@ -302,6 +307,9 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
 fn registry_client(args: &BuildArgs) -> Result<Client> {
     let mut cfg = RegistryConfig::from_env();
     cfg.ca_files.extend(args.registry_ca.iter().cloned());
+    if !args.cert_dirs.is_empty() {
+        cfg.certs_dirs = args.cert_dirs.clone();
+    }
     cfg.insecure
         .extend(args.insecure_registries.iter().cloned());
     let mut mirrors = args.registry_mirrors.clone();

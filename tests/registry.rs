@@ -277,6 +277,90 @@ fn loopback_registry_speaking_tls() {
     assert_eq!(pulled.layers, image.layers);
 }
 
+#[test]
+fn client_certificates_from_certs_d() {
+    if skip_without_tls_registry() {
+        return;
+    }
+    let registry = Registry::start_mutual_tls();
+    let certs_d = registry.certs_d.clone().expect("a certs.d directory");
+    let (_src_dir, src) = empty_store();
+    let image = build_image(
+        &src,
+        "amd64",
+        vec![vec![("mtls", b"client certs\n".to_vec())]],
+    );
+    let r = reference(&format!("{}/test/mtls:v1", registry.host));
+
+    // Without the certificate the registry refuses the handshake.
+    let without = Client::new(RegistryConfig::default()).expect("client");
+    assert!(without.push(&r, &image, &src, &[]).is_err());
+
+    // With certs.d/HOST/client.{cert,key} it takes the push and the pull.
+    let client = Client::new(RegistryConfig {
+        certs_dirs: vec![certs_d],
+        ..RegistryConfig::default()
+    })
+    .expect("client");
+    client
+        .push(&r, &image, &src, &[])
+        .expect("push with a client certificate");
+    let (_dst_dir, dst) = empty_store();
+    let pulled = client
+        .pull(&r, &Platform::parse("linux/amd64").unwrap(), &dst, None)
+        .expect("pull with a client certificate");
+    assert_eq!(pulled.manifest_digest, image.manifest_digest);
+
+    // From the command line: `--cert-dir` finds the certificate for FROM; a key that does
+    // not belong to the certificate is a clear error, not a crash.
+    let b = Build::scratch("client_certificates_from_certs_d");
+    std::fs::write(&b.dockerfile, "ARG BASE\nFROM ${BASE}\n").expect("write the Dockerfile");
+    let base_arg = format!("BASE={r}");
+    let cert_dir = client.config().certs_dirs[0].display().to_string();
+    let built = b.build_ok(&["--build-arg", &base_arg, "--cert-dir", &cert_dir]);
+    assert_eq!(
+        file_content(&built.fs(), "/mtls").as_deref(),
+        Some("client certs\n")
+    );
+    let bad = tempfile::tempdir().expect("temporary directory");
+    let bad_host = bad.path().join(&registry.host);
+    std::fs::create_dir(&bad_host).expect("create the bad certs.d entry");
+    std::fs::copy(
+        client.config().certs_dirs[0]
+            .join(&registry.host)
+            .join("client.cert"),
+        bad_host.join("client.cert"),
+    )
+    .expect("copy the certificate");
+    let other_key = tool(Command::new("openssl").args([
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ]))
+    .unwrap_or_else(|e| panic!("openssl genpkey: {e}"));
+    std::fs::write(bad_host.join("client.key"), other_key).expect("write the other key");
+    let bad_arg = bad.path().display().to_string();
+    let ran = b.build(&[
+        "--build-arg",
+        &base_arg,
+        "--cert-dir",
+        &bad_arg,
+        "--pull=always",
+    ]);
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    let stderr = ran.stderr_text();
+    assert!(
+        stderr.contains(&format!(
+            "client certificate {}",
+            bad_host.join("client.cert").display()
+        )) && !stderr.contains("panicked"),
+        "{}",
+        ran.summary()
+    );
+}
+
 // --------------------------------------------------------------------- the command line
 
 /// The testdata group of the command-line cases.

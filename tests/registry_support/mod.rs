@@ -49,21 +49,108 @@ pub struct Registry {
     child: Child,
     /// `127.0.0.1:<port>`.
     pub host: String,
+    /// For a registry that wants client certificates: a certs.d directory holding
+    /// `HOST/client.cert` and `HOST/client.key`, signed by the CA the registry trusts.
+    pub certs_d: Option<PathBuf>,
     _dir: tempfile::TempDir,
+}
+
+/// How a test registry speaks.
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Plain,
+    Tls,
+    /// TLS, and every client must present a certificate signed by the test's client CA.
+    MutualTls,
+}
+
+/// Runs openssl with `args`, failing the test when it fails.
+fn openssl(args: &[&std::ffi::OsStr]) {
+    let out = Command::new(OPENSSL_BIN)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?} failed: {out:?}");
+}
+
+/// A fresh P-256 key (`key`) and a certificate (`cert`) for `subject`: self-signed, or
+/// signed by `ca` (its certificate and key) when given.
+fn make_cert(cert: &Path, key: &Path, subject: &str, extra: &[&str], ca: Option<(&Path, &Path)>) {
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args: Vec<&std::ffi::OsStr> = vec![os("req")];
+    args.extend(ec.iter().map(|a| os(a)));
+    args.extend([
+        os("-days"),
+        os("1"),
+        os("-subj"),
+        std::ffi::OsStr::new(subject),
+    ]);
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    args.extend([os("-keyout"), key.as_os_str()]);
+    match ca {
+        None => {
+            args.extend([os("-x509"), os("-out"), cert.as_os_str()]);
+            openssl(&args);
+        }
+        Some((ca_cert, ca_key)) => {
+            let csr = cert.with_extension("csr");
+            args.extend([os("-out"), csr.as_os_str()]);
+            openssl(&args);
+            // A version 3 certificate (webpki refuses version 1) for client authentication.
+            let ext = cert.with_extension("ext");
+            std::fs::write(
+                &ext,
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+            )
+            .expect("write the extensions file");
+            openssl(&[
+                os("x509"),
+                os("-extfile"),
+                ext.as_os_str(),
+                os("-req"),
+                os("-days"),
+                os("1"),
+                os("-in"),
+                csr.as_os_str(),
+                os("-CA"),
+                ca_cert.as_os_str(),
+                os("-CAkey"),
+                ca_key.as_os_str(),
+                os("-CAcreateserial"),
+                os("-out"),
+                cert.as_os_str(),
+            ]);
+            std::fs::remove_file(&csr).expect("remove the request");
+            std::fs::remove_file(&ext).expect("remove the extensions file");
+        }
+    }
 }
 
 impl Registry {
     /// Starts a plain-HTTP registry, with htpasswd authentication when `user` is given.
     pub fn start(user: Option<(&str, &str)>) -> Registry {
-        Registry::start_with(user, false)
+        Registry::start_with(user, Transport::Plain)
     }
 
     /// Starts a registry serving HTTPS with a fresh self-signed certificate for 127.0.0.1.
     pub fn start_tls() -> Registry {
-        Registry::start_with(None, true)
+        Registry::start_with(None, Transport::Tls)
     }
 
-    fn start_with(user: Option<(&str, &str)>, tls: bool) -> Registry {
+    /// [`Registry::start_tls`], refusing clients without a certificate from a fresh CA;
+    /// [`Registry::certs_d`] has one.
+    pub fn start_mutual_tls() -> Registry {
+        Registry::start_with(None, Transport::MutualTls)
+    }
+
+    fn start_with(user: Option<(&str, &str)>, transport: Transport) -> Registry {
         let dir = tempfile::tempdir().expect("temporary directory");
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -90,31 +177,34 @@ impl Registry {
                 file.display()
             ));
         }
-        if tls {
+        let mut certs_d = None;
+        if transport != Transport::Plain {
             let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            let out = Command::new(OPENSSL_BIN)
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                ])
-                .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-                .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .output()
-                .expect("run openssl");
-            assert!(out.status.success(), "openssl failed: {out:?}");
+            let san = ["-addext", "subjectAltName=IP:127.0.0.1"];
+            make_cert(&cert, &key, "/CN=127.0.0.1", &san, None);
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),
                 key.display()
             ));
+        }
+        if transport == Transport::MutualTls {
+            let (ca, ca_key) = (
+                dir.path().join("client-ca.pem"),
+                dir.path().join("client-ca.key"),
+            );
+            make_cert(&ca, &ca_key, "/CN=rbuild test client CA", &[], None);
+            let host_dir = dir.path().join("certs.d").join(&host);
+            std::fs::create_dir_all(&host_dir).expect("create certs.d");
+            make_cert(
+                &host_dir.join("client.cert"),
+                &host_dir.join("client.key"),
+                "/CN=rbuild test client",
+                &[],
+                Some((&ca, &ca_key)),
+            );
+            config.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            certs_d = Some(dir.path().join("certs.d"));
         }
         let config_file = dir.path().join("config.yml");
         std::fs::write(&config_file, config).expect("write config.yml");
@@ -133,6 +223,7 @@ impl Registry {
         let registry = Registry {
             child,
             host,
+            certs_d,
             _dir: dir,
         };
         registry.wait_ready();

@@ -24,7 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
-use ureq::tls::TlsConfig;
+use ureq::tls::{Certificate, TlsConfig};
 use ureq::Agent;
 
 pub use config::RegistryConfig;
@@ -48,9 +48,14 @@ pub struct Client {
     cfg: RegistryConfig,
     /// Hosts allowed plain HTTP besides loopback: insecure registries, `http://` mirrors.
     plain_hosts: Vec<String>,
+    /// The CA certificates every registry is checked against (system bundle, extra CAs).
+    common_roots: Vec<Certificate<'static>>,
     verified: Agent,
     unverified: Agent,
     loopback: Agent,
+    /// Agents of hosts with a certs.d entry (their own CAs, a client certificate), made on
+    /// first use; `None` for hosts without one.
+    host_agents: Mutex<HashMap<String, Option<Agent>>>,
     schemes: Mutex<HashMap<String, &'static str>>,
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: Mutex<HashMap<(String, String), Token>>,
@@ -67,26 +72,35 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// An HTTP agent with rbuild's settings: no redirects followed, statuses returned rather
+/// than raised, bounded connect and read/write times; `proxy` says whether the
+/// environment's proxy settings apply.
+fn new_agent(tls: TlsConfig, proxy: bool) -> Agent {
+    let mut builder = Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_per_read(Some(Duration::from_secs(120)))
+        .timeout_per_write(Some(Duration::from_secs(120)))
+        .tls_config(tls);
+    if !proxy {
+        builder = builder.proxy(None);
+    }
+    builder.build().new_agent()
+}
+
 impl Client {
     /// A client with `cfg`; fails when an extra CA file cannot be read.
     pub fn new(cfg: RegistryConfig) -> Result<Client> {
-        let roots = config::root_certs(&cfg.ca_files)?;
-        let agent = |tls: TlsConfig, proxy: bool| -> Agent {
-            let mut builder = Agent::config_builder()
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
-                .timeout_connect(Some(Duration::from_secs(30)))
-                .timeout_per_read(Some(Duration::from_secs(120)))
-                .timeout_per_write(Some(Duration::from_secs(120)))
-                .tls_config(tls);
-            if !proxy {
-                builder = builder.proxy(None);
-            }
-            builder.build().new_agent()
-        };
+        let common_roots = config::trusted_certs(&cfg.ca_files)?;
         let unchecked = || TlsConfig::builder().disable_verification(true).build();
-        let verified = agent(TlsConfig::builder().root_certs(roots).build(), true);
+        let verified = new_agent(
+            TlsConfig::builder()
+                .root_certs(config::root_certs(&common_roots))
+                .build(),
+            true,
+        );
         let mut plain_hosts: Vec<String> = cfg
             .insecure
             .iter()
@@ -101,9 +115,11 @@ impl Client {
         );
         Ok(Client {
             plain_hosts,
+            common_roots,
             verified,
-            unverified: agent(unchecked(), true),
-            loopback: agent(unchecked(), false),
+            unverified: new_agent(unchecked(), true),
+            loopback: new_agent(unchecked(), false),
+            host_agents: Mutex::default(),
             schemes: Mutex::default(),
             challenges: Mutex::default(),
             tokens: Mutex::default(),
@@ -112,6 +128,27 @@ impl Client {
             chunk_size: UPLOAD_CHUNK,
             cfg,
         })
+    }
+
+    /// The agent of a host with a certs.d entry: its CAs trusted besides the common ones,
+    /// its client certificate presented; `None` without an entry. Certificate checks are
+    /// off for loopback and insecure registries, as for every agent.
+    fn host_agent(&self, host: &str) -> Result<Option<Agent>> {
+        if let Some(found) = lock(&self.host_agents).get(host) {
+            return Ok(found.clone());
+        }
+        let agent = config::host_certs(&self.cfg.certs_dirs, host)?.map(|certs| {
+            let mut roots = self.common_roots.clone();
+            roots.extend(certs.roots);
+            let tls = TlsConfig::builder()
+                .root_certs(config::root_certs(&roots))
+                .client_cert(certs.client)
+                .disable_verification(self.plain_http_allowed(host))
+                .build();
+            new_agent(tls, !config::is_loopback(host))
+        });
+        lock(&self.host_agents).insert(host.to_string(), agent.clone());
+        Ok(agent)
     }
 
     /// The settings this client was made with.

@@ -257,8 +257,11 @@ impl Client {
             return s;
         }
         let url = format!("http://{host}/v2/");
-        let probe = self
-            .agent_for(host)
+        // A certs.d entry that cannot be read is reported by the request that follows.
+        let Ok(agent) = self.agent_for(host) else {
+            return "https";
+        };
+        let probe = agent
             .get(&url)
             .config()
             .timeout_global(Some(Duration::from_secs(10)))
@@ -285,16 +288,20 @@ impl Client {
         scheme
     }
 
-    /// The agent for a host: no proxy and no certificate checks for loopback, no
-    /// certificate checks for insecure registries, full checks otherwise.
-    fn agent_for(&self, host: &str) -> &ureq::Agent {
-        if super::config::is_loopback(host) {
-            &self.loopback
-        } else if self.plain_http_allowed(host) {
-            &self.unverified
-        } else {
-            &self.verified
+    /// The agent for a host: its own for a host with a certs.d entry; otherwise no proxy
+    /// and no certificate checks for loopback, no certificate checks for insecure
+    /// registries, full checks for the rest.
+    fn agent_for(&self, host: &str) -> Result<ureq::Agent> {
+        if let Some(agent) = self.host_agent(host)? {
+            return Ok(agent);
         }
+        Ok(if super::config::is_loopback(host) {
+            self.loopback.clone()
+        } else if self.plain_http_allowed(host) {
+            self.unverified.clone()
+        } else {
+            self.verified.clone()
+        })
     }
 
     /// One HTTP exchange, no redirects followed.
@@ -315,7 +322,7 @@ impl Client {
         if let Some(a) = auth {
             builder = builder.header("authorization", a);
         }
-        let agent = self.agent_for(host);
+        let agent = self.agent_for(host)?;
         let bodyless = matches!(req.method, Method::GET | Method::HEAD | Method::DELETE);
         let bad_request = |e: ureq::http::Error| anyhow!("{what}: bad request to {url}: {e}");
         let result = match req.body {

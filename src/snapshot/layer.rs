@@ -1,9 +1,9 @@
 //! Writing a layer: entries → deterministic tar → gzip → store, in one streaming pass.
 //!
-//! The tar is produced on the calling thread and compressed on a second one (as
-//! `tar | gzip` would), through a bounded channel of 1 MiB chunks: memory stays bounded
-//! whatever the layer's size. The uncompressed bytes are hashed for the diff id and the
-//! compressed bytes for the blob digest on the way.
+//! The tar is produced on the calling thread and handed, through a bounded channel of
+//! 1 MiB blocks, to the parallel gzip ([`super::pgzip`]) on the others (as `tar | pigz`
+//! would): memory stays bounded whatever the layer's size. The uncompressed bytes are
+//! hashed for the diff id and the compressed bytes for the blob digest on the way.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,6 +13,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use anyhow::{anyhow, Context, Result};
 
+use super::pgzip;
 use super::tar_writer::{TarHeader, TarKind, TarWriter};
 use super::{Content, EntryKind, LayerEntry};
 use crate::image::{Layer, MEDIA_TYPE_LAYER_GZIP};
@@ -27,7 +28,8 @@ pub struct LayerOptions {
     pub compression_level: u32,
 }
 
-const CHUNK: usize = 1 << 20;
+/// The tar goes to the compressor in blocks of this size (the output depends on it).
+const CHUNK: usize = pgzip::BLOCK;
 const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// Writes `entries` as one gzip-compressed layer blob into the store. Entries are sorted by
@@ -149,11 +151,7 @@ fn produce_tar(
 /// Compresses the chunks into `file`; returns the digest and size of the compressed bytes.
 fn compress(rx: Receiver<Vec<u8>>, file: File, level: u32) -> Result<(crate::store::Digest, u64)> {
     let hashing = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
-    let mut gz = flate2::GzBuilder::new().write(hashing, flate2::Compression::new(level));
-    for chunk in rx {
-        gz.write_all(&chunk)?;
-    }
-    let hashing = gz.finish()?;
+    let hashing = pgzip::compress_blocks(rx, hashing, level, pgzip::default_workers())?;
     let (mut out, digest, size) = hashing.finish();
     out.flush()?;
     Ok((digest, size))

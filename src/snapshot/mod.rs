@@ -5,6 +5,7 @@
 mod apply;
 pub mod compression;
 mod layer;
+mod pgzip;
 pub mod tar_writer;
 pub mod walk;
 

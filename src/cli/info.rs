@@ -10,7 +10,7 @@ use super::default_cache_dir;
 use crate::sandbox::caps::DEFAULT_CAPS;
 use crate::sandbox::run::{can_unshare, STEP_NAMESPACES};
 use crate::sandbox::seccomp::{kernel_version, Filter};
-use crate::sandbox::userns::{facts, SubIdRange};
+use crate::sandbox::userns::{facts, probe, Mapping, SubIdRange};
 
 /// Prints the report; `cache_dir` is the store that builds would use.
 pub fn run(cache_dir: Option<PathBuf>) -> Result<()> {
@@ -50,17 +50,21 @@ pub fn run(cache_dir: Option<PathBuf>) -> Result<()> {
         "none needed: rbuild runs as root (every other isolation is kept)".to_string()
     } else if !userns {
         "impossible: no user namespace can be created (see the fixes above; in Kubernetes use `hostUsers: false`)".to_string()
-    } else if f.helpers.is_some() && f.subuid.is_some() && f.subgid.is_some() {
-        format!(
-            "full: root inside = uid {}, ids 1..{} inside = the sub-id ranges",
-            f.uid,
-            f.subuid.map_or(0, |r| r.count.min(65536))
-        )
     } else {
-        let who = f.user.clone().unwrap_or_else(|| f.uid.to_string());
-        format!(
-            "single id only: files can belong to root only and RUN-time chown to other ids fails; fix: install `uidmap` and run (as root) `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {who}`"
-        )
+        // Tried for real: the helpers may be there and still refuse (not setuid, a
+        // range that is not the caller's).
+        match probe() {
+            Ok(Mapping::Full { uids, .. }) => format!(
+                "full (tried): root inside = uid {}, ids 1..{} inside = the sub-id ranges",
+                f.uid,
+                uids.count.min(65536)
+            ),
+            Ok(Mapping::SingleId { reason }) => format!(
+                "single id only (tried): files can belong to root only and RUN-time chown to other ids fails, because {reason}"
+            ),
+            Ok(Mapping::HostRoot) => "none needed".to_string(),
+            Err(e) => format!("impossible: {e:#}"),
+        }
     };
     println!("id mapping:        {mapping}");
     let isolation = if root {

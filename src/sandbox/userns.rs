@@ -147,6 +147,55 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
+/// The first of `ids` that no line of an id map (`/proc/PID/uid_map` text: `inside
+/// outside count` per line) covers.
+pub fn first_unmapped(map: &str, ids: &[u32]) -> Option<u32> {
+    let ranges: Vec<(u64, u64)> = map
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().map(|n| n.parse::<u64>().ok());
+            let (inside, _outside, count) = (f.next()??, f.next()??, f.next()??);
+            Some((inside, inside + count))
+        })
+        .collect();
+    ids.iter().copied().find(|&id| {
+        !ranges
+            .iter()
+            .any(|&(lo, hi)| (lo..hi).contains(&u64::from(id)))
+    })
+}
+
+/// Checks that this process's user namespace maps `uid`, `gid` and `groups` (a RUN step
+/// must switch to them); the error names the first that is not and the way out.
+pub fn check_mapped(uid: u32, gid: u32, groups: &[u32]) -> Result<()> {
+    let read = |f: &str| fs::read_to_string(format!("/proc/self/{f}")).unwrap_or_default();
+    let (uid_map, gid_map) = (read("uid_map"), read("gid_map"));
+    let hint = |map: &str| {
+        if first_unmapped(map, &[1]).is_some() {
+            "only your own id is mapped into rbuild's user namespace (as root inside); `rbuild info` says why and how to map a full sub-id range".to_string()
+        } else {
+            format!(
+                "rbuild's user namespace maps only these ids (inside, outside, count): {}",
+                map.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .chunks(3)
+                    .map(|c| c.join(" "))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    };
+    if let Some(u) = first_unmapped(&uid_map, &[uid]) {
+        bail!("uid {u} is not mapped: {}", hint(&uid_map));
+    }
+    let mut all = vec![gid];
+    all.extend_from_slice(groups);
+    if let Some(g) = first_unmapped(&gid_map, &all) {
+        bail!("gid {g} is not mapped: {}", hint(&gid_map));
+    }
+    Ok(())
+}
+
 /// How to fix a failed unshare, for error messages.
 pub fn hints(f: &UsernsFacts) -> String {
     let mut h: Vec<String> = f.blockers.clone();
@@ -166,44 +215,64 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
+/// One process's ends of the two pipes between the halves of a fork.
+struct Pipes {
+    /// Writes to the other process.
+    send: OwnedFd,
+    /// Reads from the other process.
+    recv: OwnedFd,
+}
+
+/// One side of a fork made to enter a user namespace.
+enum Side {
+    /// The process that unshares.
+    Child(Pipes),
+    /// The process that writes the child's id maps.
+    Parent(Pid, Pipes),
+}
+
+/// `None` as real root (no user namespace is needed); otherwise what the machine offers,
+/// and a fork with a pipe each way. Callers fork while single-threaded, or have the child
+/// only unshare, use the pipes and exit.
+fn fork_unless_root() -> Result<Option<(UsernsFacts, Side)>> {
+    if getuid().is_root() {
+        return Ok(None);
+    }
+    let f = facts();
+    let (from_parent, to_child) = nix::unistd::pipe()?;
+    let (from_child, to_parent) = nix::unistd::pipe()?;
+    // SAFETY: see the contract above.
+    let side = match unsafe { fork() }.context("cannot fork")? {
+        ForkResult::Child => Side::Child(Pipes {
+            send: to_parent,
+            recv: from_parent,
+        }),
+        ForkResult::Parent { child } => Side::Parent(
+            child,
+            Pipes {
+                send: to_child,
+                recv: from_child,
+            },
+        ),
+    };
+    Ok(Some((f, side)))
+}
+
 /// Enters the user namespace (or does nothing as real root). Must be called while the
 /// process has a single thread. Returns in the process that goes on with the build; the
 /// supervising parent never returns.
 pub fn enter() -> Result<Mapping> {
-    if getuid().is_root() {
+    let Some((f, side)) = fork_unless_root()? else {
         return Ok(Mapping::HostRoot);
-    }
-    let f = facts();
-    let (to_child_r, to_child_w) = nix::unistd::pipe()?;
-    let (to_parent_r, to_parent_w) = nix::unistd::pipe()?;
-    let (uid, gid) = (getuid(), getgid());
-    // SAFETY: single-threaded at this point (checked by the caller's contract); the child
-    // only continues the program.
-    match unsafe { fork() }.context("cannot fork")? {
-        ForkResult::Child => {
-            drop(to_child_w);
-            drop(to_parent_r);
+    };
+    match side {
+        Side::Child(pipes) => {
             // Die with the supervisor rather than linger.
             // SAFETY: plain prctl call.
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             }
-            let unshared = unshare(CloneFlags::CLONE_NEWUSER);
-            write_byte(&to_parent_w, u8::from(unshared.is_ok()))?;
-            if let Err(e) = unshared {
-                bail!("cannot create a user namespace ({e}): {}", hints(&f));
-            }
-            let status = read_byte(&to_child_r)?;
-            let mapping = match status {
-                1 => Mapping::Full {
-                    uids: f.subuid.ok_or_else(|| anyhow!("sub-uid range vanished"))?,
-                    gids: f.subgid.ok_or_else(|| anyhow!("sub-gid range vanished"))?,
-                },
-                2 => Mapping::SingleId {
-                    reason: single_reason(&f),
-                },
-                _ => bail!("cannot map ids into the user namespace: {}", hints(&f)),
-            };
+            let mapping = unshare_and_wait(&f, pipes)?;
             nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
                 .context("cannot become root in the user namespace")?;
             nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
@@ -213,9 +282,7 @@ pub fn enter() -> Result<Mapping> {
             }
             Ok(mapping)
         }
-        ForkResult::Parent { child } => {
-            drop(to_child_r);
-            drop(to_parent_w);
+        Side::Parent(child, pipes) => {
             CHILD.store(child.as_raw(), Ordering::SeqCst);
             for sig in [
                 Signal::SIGINT,
@@ -228,69 +295,99 @@ pub fn enter() -> Result<Mapping> {
                     let _ = signal::signal(sig, SigHandler::Handler(forward));
                 }
             }
-            let status = match read_byte(&to_parent_r) {
-                Ok(1) => match write_maps(child, uid, gid, &f) {
-                    Ok(full) => {
-                        if full {
-                            1
-                        } else {
-                            2
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        0
-                    }
-                },
-                _ => 0,
-            };
-            let _ = write_byte(&to_child_w, status);
-            drop(to_child_w);
+            // The child reports a failure itself.
+            let _ = map_child(child, &f, pipes);
             std::process::exit(wait_child(child));
         }
     }
 }
 
-fn single_reason(f: &UsernsFacts) -> String {
-    if f.helpers.is_none() {
-        "newuidmap/newgidmap are not installed (install Debian's `uidmap` package)".into()
-    } else if f.subuid.is_none() || f.subgid.is_none() {
-        let who = f.user.clone().unwrap_or_else(|| f.uid.to_string());
-        format!(
-            "no /etc/subuid or /etc/subgid range for {who} (as root: `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {who}`)"
-        )
-    } else {
-        "newuidmap/newgidmap refused the ranges".into()
+/// What `enter` would do, found out in a throwaway child (for `rbuild info`): the mapping
+/// that newuidmap/newgidmap really accept, or why only one id can be mapped.
+pub fn probe() -> Result<Mapping> {
+    let Some((f, side)) = fork_unless_root()? else {
+        return Ok(Mapping::HostRoot);
+    };
+    match side {
+        Side::Child(pipes) => {
+            let code = i32::from(unshare_and_wait(&f, pipes).is_err());
+            // SAFETY: leave without running the parent's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        Side::Parent(child, pipes) => {
+            let mapped = map_child(child, &f, pipes);
+            wait_child(child);
+            mapped
+        }
     }
 }
 
-/// Writes the child's maps; true for the full sub-id mapping, false for the single id.
-fn write_maps(child: Pid, uid: Uid, gid: Gid, f: &UsernsFacts) -> Result<bool> {
-    if let (Some((newuidmap, newgidmap)), Some(su), Some(sg)) = (&f.helpers, f.subuid, f.subgid) {
-        let pid = child.as_raw().to_string();
-        let run = |tool: &str, own: u32, r: SubIdRange| -> bool {
-            let args: Vec<OsString> = [
-                pid.clone(),
-                "0".into(),
-                own.to_string(),
-                "1".into(),
-                "1".into(),
-                r.start.to_string(),
-                r.count.min(65536).to_string(),
-            ]
-            .into_iter()
-            .map(OsString::from)
-            .collect();
-            Command::new(tool)
-                .args(&args)
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if run(newuidmap, uid.as_raw(), su) && run(newgidmap, gid.as_raw(), sg) {
-            return Ok(true);
-        }
+/// The child's half of entering: unshares the user namespace, tells the parent, and waits
+/// for the parent's word on the maps (a status byte, then for a single id the reason).
+fn unshare_and_wait(f: &UsernsFacts, pipes: Pipes) -> Result<Mapping> {
+    let unshared = unshare(CloneFlags::CLONE_NEWUSER);
+    write_byte(&pipes.send, u8::from(unshared.is_ok()))?;
+    if let Err(e) = unshared {
+        bail!("cannot create a user namespace ({e}): {}", hints(f));
     }
+    let word = read_to_end(&pipes.recv)?;
+    match word.split_first() {
+        Some((1, _)) => Ok(Mapping::Full {
+            uids: f.subuid.ok_or_else(|| anyhow!("sub-uid range vanished"))?,
+            gids: f.subgid.ok_or_else(|| anyhow!("sub-gid range vanished"))?,
+        }),
+        Some((2, reason)) => Ok(Mapping::SingleId {
+            reason: String::from_utf8_lossy(reason).into_owned(),
+        }),
+        Some((_, why)) if !why.is_empty() => bail!(
+            "cannot map ids into the user namespace: {}",
+            String::from_utf8_lossy(why)
+        ),
+        _ => bail!("cannot map ids into the user namespace: {}", hints(f)),
+    }
+}
+
+/// The parent's half of entering: maps the child's ids once it has unshared, and sends
+/// the outcome (see [`unshare_and_wait`]); returns it too.
+fn map_child(child: Pid, f: &UsernsFacts, pipes: Pipes) -> Result<Mapping> {
+    let mapped = if read_byte(&pipes.recv).is_ok_and(|b| b == 1) {
+        write_maps(child, f)
+    } else {
+        Err(anyhow!("cannot create a user namespace: {}", hints(f)))
+    };
+    let word = match &mapped {
+        Ok(Mapping::SingleId { reason }) => [&[2u8][..], reason.as_bytes()].concat(),
+        Ok(_) => vec![1],
+        Err(e) => [&[0u8][..], format!("{e:#}").as_bytes()].concat(),
+    };
+    // The child reads to the end: closing the pipe ends the word.
+    let _ = nix::unistd::write(&pipes.send, &word);
+    mapped
+}
+
+/// Writes the child's maps: the full sub-id mapping when the helpers and ranges are there
+/// and newuidmap/newgidmap accept them, else the caller's own id only, saying why.
+fn write_maps(child: Pid, f: &UsernsFacts) -> Result<Mapping> {
+    let (uid, gid) = (getuid(), getgid());
+    let reason = match (&f.helpers, f.subuid, f.subgid) {
+        (Some((newuidmap, newgidmap)), Some(su), Some(sg)) => {
+            let refused = helper_map(newuidmap, child, uid.as_raw(), su)
+                .and_then(|()| helper_map(newgidmap, child, gid.as_raw(), sg));
+            match refused {
+                Ok(()) => return Ok(Mapping::Full { uids: su, gids: sg }),
+                Err(why) => why,
+            }
+        }
+        (None, _, _) => {
+            "newuidmap/newgidmap are not installed (install Debian's `uidmap` package)".into()
+        }
+        _ => {
+            let who = f.user.clone().unwrap_or_else(|| f.uid.to_string());
+            format!(
+                "no /etc/subuid or /etc/subgid range for {who} (as root: `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {who}`)"
+            )
+        }
+    };
     let proc_dir = format!("/proc/{}", child.as_raw());
     fs::write(
         format!("{proc_dir}/uid_map"),
@@ -303,7 +400,37 @@ fn write_maps(child: Pid, uid: Uid, gid: Gid, f: &UsernsFacts) -> Result<bool> {
         format!("0 {} 1\n", gid.as_raw()),
     )
     .context("cannot write the user namespace's gid map")?;
-    Ok(false)
+    Ok(Mapping::SingleId { reason })
+}
+
+/// Runs newuidmap or newgidmap for `child`: 0 inside = `own`, 1.. inside = the range;
+/// on failure, what the helper said.
+fn helper_map(tool: &str, child: Pid, own: u32, r: SubIdRange) -> std::result::Result<(), String> {
+    let args: Vec<OsString> = [
+        child.as_raw().to_string(),
+        "0".into(),
+        own.to_string(),
+        "1".into(),
+        "1".into(),
+        r.start.to_string(),
+        r.count.min(65536).to_string(),
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    match Command::new(tool).args(&args).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let said = String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; ");
+            Err(format!(
+                "{tool} refused the sub-id range ({}): {said}",
+                out.status
+            ))
+        }
+        Err(e) => Err(format!("cannot run {tool}: {e}")),
+    }
 }
 
 fn wait_child(child: Pid) -> i32 {
@@ -323,6 +450,19 @@ fn write_byte(fd: &OwnedFd, b: u8) -> Result<()> {
     Ok(())
 }
 
+fn read_to_end(fd: &OwnedFd) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn read_byte(fd: &OwnedFd) -> Result<u8> {
     let mut b = [0u8; 1];
     loop {
@@ -338,6 +478,18 @@ fn read_byte(fd: &OwnedFd) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unmapped_ids() {
+        let single = "         0       1001          1\n";
+        assert_eq!(first_unmapped(single, &[0]), None);
+        assert_eq!(first_unmapped(single, &[0, 1000]), Some(1000));
+        let full = "0 1001 1\n1 100000 65536\n";
+        assert_eq!(first_unmapped(full, &[0, 1000, 65536]), None);
+        assert_eq!(first_unmapped(full, &[65537]), Some(65537));
+        let host = "0 0 4294967295\n";
+        assert_eq!(first_unmapped(host, &[4294967294]), None);
+    }
 
     #[test]
     fn finds_ranges_by_name_or_id() {

@@ -66,6 +66,12 @@ pub fn run_command(
         read_image_file(root, "/etc/passwd").as_deref(),
         read_image_file(root, "/etc/group").as_deref(),
     )?;
+    crate::sandbox::userns::check_mapped(user.uid, user.gid, &user.groups).with_context(|| {
+        format!(
+            "cannot run as user {:?} (uid {}, gid {})",
+            config.config.user, user.uid, user.gid
+        )
+    })?;
     let mut environ = step.env.clone();
     if !environ.iter().any(|e| e.starts_with("HOME=")) {
         environ.push(format!("HOME={}", user.home));

@@ -16,6 +16,7 @@ use crate::image::reference::Reference;
 use crate::plan::{LineError, Plan, PlanOptions, Platform};
 use crate::progress::{Mode, Progress};
 use crate::sandbox::seccomp::Filter;
+use crate::snapshot::clone::Snapshotter;
 use crate::solver::run::RunEnvironment;
 use crate::solver::{build, BuildInputs};
 use crate::source::registry::{Client, RegistryConfig};
@@ -124,6 +125,12 @@ pub struct BuildArgs {
     /// namespaces cannot be made), namespaces, or chroot.
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub isolation: String,
+    /// How RUN steps get their root and their layer: walk (in place; the layer is the
+    /// difference from a record taken before the step) or copy (a private copy of the
+    /// root, reflinked where the filesystem can, diffed against its parent).
+    #[arg(long, value_name = "NAME", env = "RBUILD_SNAPSHOTTER", default_value = "walk",
+          value_parser = |s: &str| Snapshotter::parse(s).map_err(|e| e.to_string()))]
+    pub snapshotter: Snapshotter,
     /// The build context: a directory, or `-` for a tar stream on stdin.
     #[arg(value_name = "CONTEXT")]
     pub context: String,
@@ -333,7 +340,11 @@ fn plan_has_run(plan: &Plan) -> bool {
 
 /// Enters the user namespace (unless root) and compiles the seccomp profile. Runs while
 /// the process has one thread.
-fn prepare_sandbox(isolation: &str, progress: &Progress) -> Result<RunEnvironment> {
+fn prepare_sandbox(
+    isolation: &str,
+    snapshotter: Snapshotter,
+    progress: &Progress,
+) -> Result<RunEnvironment> {
     use crate::sandbox::run::Isolation;
     let cancel = Cancel::install();
     let wanted = match isolation {
@@ -363,6 +374,7 @@ fn prepare_sandbox(isolation: &str, progress: &Progress) -> Result<RunEnvironmen
     let seccomp = Filter::default_profile(&caps, crate::sandbox::seccomp::kernel_version())?;
     Ok(RunEnvironment {
         isolation,
+        snapshotter,
         seccomp,
         cancel,
     })
@@ -532,7 +544,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     )
     .map_err(fail)?;
     let run_env = if plan_has_run(&plan) {
-        Some(prepare_sandbox(&args.isolation, &progress).map_err(build_failed)?)
+        Some(prepare_sandbox(&args.isolation, args.snapshotter, &progress).map_err(build_failed)?)
     } else {
         None
     };

@@ -856,3 +856,52 @@ fn info_reports_namespaces_mapping_isolation_and_seccomp() {
         "isolation: {isolation}"
     );
 }
+
+#[test]
+fn copy_snapshotter_makes_the_same_layers_as_walk() {
+    let test = "copy_snapshotter_makes_the_same_layers_as_walk";
+    let mut names = vec!["deletions", "forms", "users"];
+    if !single_id_skip(test) {
+        names.push("owners");
+    }
+    for name in names {
+        // SOURCE_DATE_EPOCH clamps the times of what the steps made: the two builds must
+        // agree byte for byte.
+        let digests: Vec<String> = ["walk", "copy"]
+            .iter()
+            .map(|snapshotter| {
+                let b = prepared(test, name).expect("the busybox base (checked above)");
+                let mut extra: Vec<String> = vec!["--snapshotter".into(), snapshotter.to_string()];
+                extra.extend(b.output_args());
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                let mut cmd = b.build_cmd(&args(&extra));
+                cmd.env("SOURCE_DATE_EPOCH", "1700000000");
+                let built = b.run_built(&mut cmd);
+                built
+                    .ran
+                    .assert_ok(&format!("{name} with --snapshotter={snapshotter}"));
+                assert!(b.leftover_temp_files().is_empty(), "temp files left");
+                built.image().manifest_digest
+            })
+            .collect();
+        assert_eq!(
+            digests[0], digests[1],
+            "{name}: --snapshotter=copy made another image than walk"
+        );
+    }
+
+    // A failing step leaves its stage's root alone, and nothing behind.
+    let Some(b) = prepared(test, "exit-code") else {
+        return;
+    };
+    let ran = b.build(&args(&["--snapshotter=copy"]));
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    assert!(b.leftover_temp_files().is_empty(), "temp files left");
+    let ran = b.build(&args(&["--snapshotter=overlay"]));
+    assert_eq!(
+        ran.code,
+        2,
+        "an unknown snapshotter is a usage error: {}",
+        ran.summary()
+    );
+}

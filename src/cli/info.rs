@@ -11,6 +11,7 @@ use crate::sandbox::caps::DEFAULT_CAPS;
 use crate::sandbox::run::{can_unshare, STEP_NAMESPACES};
 use crate::sandbox::seccomp::{kernel_version, Filter};
 use crate::sandbox::userns::{facts, probe, Mapping, SubIdRange};
+use crate::snapshot::clone::can_reflink;
 
 /// Prints the report; `cache_dir` is the store that builds would use.
 pub fn run(cache_dir: Option<PathBuf>) -> Result<()> {
@@ -92,10 +93,16 @@ pub fn run(cache_dir: Option<PathBuf>) -> Result<()> {
         "capabilities:      Docker's default set ({})",
         DEFAULT_CAPS.len()
     );
-    println!("snapshotter:       walk (each RUN changes the stage's private root; the layer is the diff by inode, mode, owner, size and ctime)");
+    let cache_dir = cache_dir.unwrap_or_else(default_cache_dir);
+    let chosen = std::env::var("RBUILD_SNAPSHOTTER").unwrap_or_else(|_| "walk".into());
+    let reflink = match can_reflink(&cache_dir.join("tmp")) {
+        Ok(true) => "reflinked: the cache's filesystem shares blocks until written",
+        Ok(false) => "copied: the cache's filesystem cannot reflink",
+        Err(_) => "reflinked if the cache's filesystem can (it does not exist yet)",
+    };
     println!(
-        "cache dir:         {}",
-        cache_dir.unwrap_or_else(default_cache_dir).display()
+        "snapshotter:       {chosen} (--snapshotter, env RBUILD_SNAPSHOTTER); walk: each RUN changes the stage's private root in place, the layer is the diff by inode, mode, owner, size and ctime; copy: each RUN works on a private copy, {reflink}"
     );
+    println!("cache dir:         {}", cache_dir.display());
     Ok(())
 }

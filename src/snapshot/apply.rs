@@ -331,29 +331,7 @@ impl Applier<'_> {
             let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
                 continue;
             };
-            let cname = std::ffi::CString::new(name)?;
-            let cpath = std::ffi::CString::new(host.as_os_str().as_bytes())?;
-            let value = ext.value_bytes();
-            // SAFETY: both strings are NUL-terminated and the value pointer/len pair is valid.
-            let rc = unsafe {
-                libc::lsetxattr(
-                    cpath.as_ptr(),
-                    cname.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    0,
-                )
-            };
-            if rc != 0 {
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    // Namespaces this process may not set (trusted.*, security.* without
-                    // privileges) or the filesystem does not support: skipped, as
-                    // rootless runtimes do.
-                    Some(libc::EPERM | libc::ENOTSUP | libc::EACCES) => {}
-                    _ => return Err(err).with_context(|| format!("cannot set xattr {name}")),
-                }
-            }
+            super::xattr::set(host, name, ext.value_bytes())?;
         }
         Ok(())
     }

@@ -3,11 +3,13 @@
 //! and compression detected by content.
 
 mod apply;
+pub mod clone;
 pub mod compression;
 mod layer;
 mod pgzip;
 pub mod tar_writer;
 pub mod walk;
+mod xattr;
 
 use std::path::PathBuf;
 

@@ -9,9 +9,7 @@
 //! directories (a new inode) become opaque directories; deleted entries become whiteouts.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -235,52 +233,9 @@ fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<LayerEntry> {
         xattrs: if ft.is_symlink() {
             Vec::new()
         } else {
-            xattrs_of(host)
+            super::xattr::kept(host)
         },
     })
-}
-
-/// Extended attributes worth keeping in a layer (`user.*`, `security.capability`).
-fn xattrs_of(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let Ok(cpath) = CString::new(path.as_os_str().as_bytes()) else {
-        return Vec::new();
-    };
-    let mut names = vec![0u8; 4096];
-    // SAFETY: the buffer pointer and length are valid.
-    let n = unsafe { libc::llistxattr(cpath.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n <= 0 {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for name in names[..n as usize]
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
-    {
-        let Ok(text) = std::str::from_utf8(name) else {
-            continue;
-        };
-        if !(text.starts_with("user.") || text == "security.capability") {
-            continue;
-        }
-        let Ok(cname) = CString::new(name) else {
-            continue;
-        };
-        let mut value = vec![0u8; 65536];
-        // SAFETY: valid NUL-terminated strings and buffer.
-        let len = unsafe {
-            libc::lgetxattr(
-                cpath.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if len >= 0 {
-            value.truncate(len as usize);
-            out.push((text.to_string(), value));
-        }
-    }
-    out
 }
 
 /// Sleeps until the coarse real-time clock (what file timestamps come from) is past `t`.

@@ -18,6 +18,7 @@ use crate::image::{BuiltImage, Layer, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST};
 use crate::plan::steps::{expand_stage, ConfigEdit, CopyFrom, StepKind, DEFAULT_PATH};
 use crate::plan::{at_line, with_line, Base, Plan, Platform};
 use crate::progress::{Progress, StepHandle};
+use crate::snapshot::clone::Snapshotter;
 use crate::snapshot::{write_layer, EntryKind, LayerEntry, LayerOptions};
 use crate::source::resolver::Resolver;
 use crate::store::Store;
@@ -316,17 +317,29 @@ fn run_step(
                 anyhow!("RUN needs the sandbox, which this build did not prepare")
             })?;
             let root = state.rootfs(inp.store)?.to_path_buf();
-            let result = run_command(env, &root, &state.config, r, scratch, &mut |line| {
+            // The copy snapshotter runs the step on a private copy; the walk one in place.
+            let copy = match (env.snapshotter, &state.rootfs) {
+                (Snapshotter::Copy, Some(parent)) => Some(parent.private_copy(inp.store)?),
+                _ => None,
+            };
+            let step_root = copy.as_ref().map_or(root, |c| c.path().to_path_buf());
+            let result = run_command(env, &step_root, &state.config, r, scratch, &mut |line| {
                 inp.progress.log(handle, line)
             });
             let entries = match result {
                 Ok(e) => e,
                 Err(e) => {
-                    // The tree may be half-changed: rebuild it from the layers if needed.
-                    state.rootfs = None;
+                    if copy.is_none() {
+                        // The tree may be half-changed: rebuild it from the layers if needed.
+                        state.rootfs = None;
+                    }
                     return Err(e);
                 }
             };
+            if let Some(copy) = copy {
+                // The copy is the stage's root from now on; the parent goes.
+                state.rootfs = Some(copy);
+            }
             if entries.is_empty() {
                 return Ok(None);
             }

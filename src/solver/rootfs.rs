@@ -48,6 +48,19 @@ impl Rootfs {
             .map(|m| m.get(rel).copied().unwrap_or((0, 0)))
     }
 
+    /// A private copy of this root (as of the last sync), for a step that must not change
+    /// it: the copy snapshotter. Reflinked where the filesystem can.
+    pub fn private_copy(&self, store: &Store) -> Result<Rootfs> {
+        let copy = Rootfs {
+            dir: store.temp_dir("rootfs-")?,
+            applied: self.applied,
+            owners: self.owners.clone(),
+        };
+        crate::snapshot::clone::copy_tree(self.dir.path(), copy.dir.path())
+            .context("cannot make a private copy of the stage's root")?;
+        Ok(copy)
+    }
+
     /// Records that the tree already holds the first `count` layers (a RUN changed it in
     /// place, and its layer was taken from it).
     pub fn assume_applied(&mut self, count: usize) {

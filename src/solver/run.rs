@@ -13,6 +13,7 @@ use crate::image::config::ImageConfig;
 use crate::plan::steps::{RunStep, DEFAULT_PATH};
 use crate::sandbox::run::{mount_points, run, Credentials, Isolation, Network, Outcome, RunSpec};
 use crate::sandbox::seccomp::Filter;
+use crate::snapshot::clone::Snapshotter;
 use crate::snapshot::walk::{MountPoints, TreeState};
 use crate::snapshot::LayerEntry;
 
@@ -20,6 +21,8 @@ use crate::snapshot::LayerEntry;
 pub struct RunEnvironment {
     /// Namespaces or chroot.
     pub isolation: Isolation,
+    /// How a step's root is prepared and its layer found.
+    pub snapshotter: Snapshotter,
     /// The compiled seccomp profile.
     pub seccomp: Filter,
     /// Cancellation.

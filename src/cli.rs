@@ -17,6 +17,7 @@ use crate::plan::{LineError, Plan, PlanOptions, Platform};
 use crate::progress::{Mode, Progress};
 use crate::sandbox::seccomp::Filter;
 use crate::snapshot::clone::Snapshotter;
+use crate::solver::mounts::MountInputs;
 use crate::solver::run::RunEnvironment;
 use crate::solver::{build, BuildInputs};
 use crate::source::registry::{Client, RegistryConfig};
@@ -25,6 +26,7 @@ use crate::store::Store;
 
 mod images;
 mod info;
+mod secrets;
 
 /// Exit code of a successful run.
 pub const EXIT_OK: i32 = 0;
@@ -110,6 +112,14 @@ pub struct BuildArgs {
     /// `/etc/docker/certs.d`; repeatable.
     #[arg(long = "cert-dir", value_name = "DIR")]
     pub cert_dirs: Vec<PathBuf>,
+    /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`;
+    /// repeatable.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE")]
+    pub secrets: Vec<String>,
+    /// An SSH agent socket for `RUN --mount=type=ssh`: `default` ($SSH_AUTH_SOCK) or
+    /// `ID=SOCKET`; repeatable.
+    #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     /// Registry (`host[:port]`) that may be reached over plain HTTP; repeatable
     /// (loopback registries always may).
     #[arg(long = "insecure-registry", value_name = "HOST")]
@@ -343,6 +353,7 @@ fn plan_has_run(plan: &Plan) -> bool {
 fn prepare_sandbox(
     isolation: &str,
     snapshotter: Snapshotter,
+    mount_inputs: MountInputs,
     progress: &Progress,
 ) -> Result<RunEnvironment> {
     use crate::sandbox::run::Isolation;
@@ -375,6 +386,7 @@ fn prepare_sandbox(
     Ok(RunEnvironment {
         isolation,
         snapshotter,
+        mount_inputs,
         seccomp,
         cancel,
     })
@@ -511,6 +523,10 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     let pull = PullPolicy::parse(&args.pull).map_err(usage)?;
     let named = parse_build_contexts(&args.build_contexts).map_err(usage)?;
     let labels = parse_labels(&args.labels).map_err(usage)?;
+    let mount_inputs = secrets::mount_inputs(&args.secrets, &args.ssh, |v| {
+        std::env::var(v).ok().filter(|v| !v.is_empty())
+    })
+    .map_err(usage)?;
     let epoch = source_date_epoch().map_err(usage)?;
     let build_failed = |e: anyhow::Error| Failure::Build(e, "Dockerfile".into(), None);
     for o in &outputs {
@@ -544,7 +560,10 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     )
     .map_err(fail)?;
     let run_env = if plan_has_run(&plan) {
-        Some(prepare_sandbox(&args.isolation, args.snapshotter, &progress).map_err(build_failed)?)
+        Some(
+            prepare_sandbox(&args.isolation, args.snapshotter, mount_inputs, &progress)
+                .map_err(build_failed)?,
+        )
     } else {
         None
     };

@@ -865,9 +865,11 @@ fn copy_snapshotter_makes_the_same_layers_as_walk() {
         names.push("owners");
     }
     for name in names {
-        // SOURCE_DATE_EPOCH clamps the times of what the steps made: the two builds must
-        // agree byte for byte.
-        let digests: Vec<String> = ["walk", "copy"]
+        // SOURCE_DATE_EPOCH clamps the times of what the steps made, so the two builds must
+        // agree byte for byte — except where a step replaces a directory: whether the new
+        // one gets the old inode number is up to the filesystem, and decides between an
+        // opaque directory and a whiteout per old entry (the same tree either way).
+        let results: Vec<_> = ["walk", "copy"]
             .iter()
             .map(|snapshotter| {
                 let b = prepared(test, name).expect("the busybox base (checked above)");
@@ -881,13 +883,31 @@ fn copy_snapshotter_makes_the_same_layers_as_walk() {
                     .ran
                     .assert_ok(&format!("{name} with --snapshotter={snapshotter}"));
                 assert!(b.leftover_temp_files().is_empty(), "temp files left");
-                built.image().manifest_digest
+                // Per layer, what it adds or changes (whiteouts aside), and the final tree.
+                let added: Vec<Vec<String>> = built
+                    .layer_entries()
+                    .iter()
+                    .map(|l| {
+                        l.iter()
+                            .filter(|e| {
+                                !e.path.rsplit('/').next().unwrap_or("").starts_with(".wh.")
+                            })
+                            .map(|e| format!("{} {:?} {}:{}", e.path, e.kind, e.uid, e.gid))
+                            .collect()
+                    })
+                    .collect();
+                (built.image().manifest_digest, added, built.fs().nodes)
             })
             .collect();
-        assert_eq!(
-            digests[0], digests[1],
-            "{name}: --snapshotter=copy made another image than walk"
-        );
+        let (walk, copy) = (&results[0], &results[1]);
+        assert_eq!(walk.1, copy.1, "{name}: the layers add other entries");
+        assert!(walk.2 == copy.2, "{name}: the final filesystems differ");
+        if name != "deletions" {
+            assert_eq!(
+                walk.0, copy.0,
+                "{name}: --snapshotter=copy made another image than walk"
+            );
+        }
     }
 
     // A failing step leaves its stage's root alone, and nothing behind.
@@ -904,4 +924,135 @@ fn copy_snapshotter_makes_the_same_layers_as_walk() {
         "an unknown snapshotter is a usage error: {}",
         ran.summary()
     );
+}
+
+#[test]
+fn run_mounts_bind_cache_and_tmpfs() {
+    let test = "run_mounts_bind_cache_and_tmpfs";
+    // The cache is made for uid 1000, which a single-id mapping cannot give files to.
+    if single_id_skip(test) {
+        return;
+    }
+    let Some(b) = prepared(test, "mounts") else {
+        return;
+    };
+    let built = b.build_ok(&args(&[]));
+    let fs = built.fs();
+    let seen = |name: &str| file_content(&fs, &format!("/seen/{name}")).unwrap_or_default();
+    assert_eq!(seen("bind"), "hello from the context\n");
+    assert_eq!(
+        seen("bind-ls"),
+        ".dockerignore\nsrc\n",
+        "the context as the build sees it: without what .dockerignore leaves out"
+    );
+    assert_eq!(seen("bind-ro"), "read-only\n");
+    assert_eq!(seen("from-stage"), "from-the-data-stage\n");
+    assert_eq!(seen("rw"), "changed\n");
+    assert_eq!(
+        seen("rw-after"),
+        "hello from the context\n",
+        "a writable bind's changes are thrown away"
+    );
+    assert_eq!(seen("cache-1"), "1\n");
+    assert_eq!(seen("cache-owner"), "1000 750\n");
+    assert_eq!(
+        seen("cache-2"),
+        "1\n",
+        "the same cache, by id, at another target"
+    );
+    assert_eq!(seen("tmpfs"), "1024\n", "a 1 MiB tmpfs");
+    let root_after = seen("root-after");
+    for target in ["ctx", "data", "src", "elsewhere", "scratch"] {
+        assert!(
+            !root_after.lines().any(|l| l == target),
+            "the mount point /{target} stayed in the root: {root_after}"
+        );
+    }
+    // No layer holds a mount point or what went through a mount.
+    for entry in built.layer_entries().iter().flatten() {
+        let top = entry.path.split('/').next().unwrap_or_default();
+        assert!(
+            !["ctx", "data", "src", "elsewhere", "scratch"].contains(&top)
+                && !entry.path.starts_with("var/cache/counter"),
+            "a layer holds {}",
+            entry.path
+        );
+    }
+    assert!(b.leftover_temp_files().is_empty(), "temp files left");
+
+    // The cache outlives the build.
+    let again = b.build_ok(&args(&[]));
+    assert_eq!(
+        file_content(&again.fs(), "/seen/cache-1").as_deref(),
+        Some("2\n"),
+        "the second build sees the first one's cache"
+    );
+}
+
+#[test]
+fn run_mount_secrets_and_ssh_never_reach_the_image() {
+    let test = "run_mount_secrets_and_ssh_never_reach_the_image";
+    if single_id_skip(test) {
+        return;
+    }
+    let Some(b) = prepared(test, "mount-secrets") else {
+        return;
+    };
+    let value = "s3cr3t-8d1f-value";
+    let secret = b.dir.join("token");
+    std::fs::write(&secret, value).expect("write the secret");
+    let agent = b.dir.join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&agent).expect("an agent socket");
+    let secret_arg = format!("id=token,src={}", secret.display());
+    let ssh_arg = format!("default={}", agent.display());
+    let built = b.build_ok(&args(&["--secret", &secret_arg, "--ssh", &ssh_arg]));
+    let fs = built.fs();
+    let read = |p: &str| file_content(&fs, p).unwrap_or_default();
+    assert_eq!(read("/secret-size"), format!("{}\n", value.len()));
+    assert_eq!(read("/secret-mode"), "400 0\n");
+    assert_eq!(read("/secret-target"), "440 1000\n");
+    assert_eq!(read("/secret-env-length"), format!("{}\n", value.len()));
+    assert_eq!(read("/secret-optional"), "skipped\n");
+    assert_eq!(read("/ssh-sock"), "/run/buildkit/ssh_agent.0\n");
+    let root_after = read("/root-after");
+    assert!(
+        !root_after.lines().any(|l| l == "run"),
+        "the mount points under /run stayed: {root_after}"
+    );
+    assert!(
+        !fs.nodes.contains_key("/etc/app/token"),
+        "the secret's mount point stayed"
+    );
+    // The value is in no blob of the image: layers (uncompressed), config, manifest.
+    let image = built.image();
+    let mut blobs: Vec<Vec<u8>> = image
+        .layers
+        .iter()
+        .map(|l| common::tree::decompress(l).expect("a readable layer"))
+        .collect();
+    blobs.push(image.config_bytes.clone());
+    blobs.push(image.manifest.to_string().into_bytes());
+    for blob in &blobs {
+        assert!(
+            !blob.windows(value.len()).any(|w| w == value.as_bytes()),
+            "the secret's value is in the image"
+        );
+    }
+    assert!(b.leftover_temp_files().is_empty(), "temp files left");
+
+    // A required secret that was not given: the line and what to pass.
+    std::fs::write(
+        &b.dockerfile,
+        "FROM busybox\nRUN --mount=type=secret,id=npmrc,required true\n",
+    )
+    .expect("rewrite the Dockerfile");
+    let ran = b.build(&args(&[]));
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    assert!(
+        ran.stderr_text()
+            .contains("Dockerfile:2: mount at /run/secrets/npmrc: secret \"npmrc\" not given: pass --secret id=npmrc,src=FILE"),
+        "{}",
+        ran.summary()
+    );
+    assert!(b.leftover_temp_files().is_empty(), "temp files left");
 }

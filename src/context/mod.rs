@@ -239,6 +239,21 @@ impl BuildContext {
         Ok(out)
     }
 
+    /// Whether `.dockerignore` leaves out anything below a matched directory (so the
+    /// directory as it is on disk shows more than the build may see).
+    pub fn excludes_below(&self, m: &SourceMatch) -> Result<bool> {
+        if self.ignore.is_empty() || m.kind != EntryKind::Dir {
+            return Ok(false);
+        }
+        for entry in walkdir::WalkDir::new(&m.host_path).min_depth(1) {
+            let entry = entry.with_context(|| format!("cannot read {:?}", m.rel_path))?;
+            if self.ignore.is_excluded(&self.rel_of_host(entry.path())?) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Everything below a matched directory, parents before children, sorted by name at each
     /// level; excludes the directory itself; skips ignored entries (an excluded directory is
     /// still listed when something below it is re-included). Symbolic links are not followed.

@@ -6,6 +6,7 @@
 
 pub mod chmod;
 pub mod error;
+pub mod mounts;
 pub mod platform;
 pub mod steps;
 
@@ -224,25 +225,47 @@ impl Plan {
         for i in 0..stages.len() {
             let mut deps = BTreeSet::new();
             for inst in &stages[i].instructions {
-                if inst.keyword != Keyword::Copy {
-                    continue;
-                }
-                let Some(from) = flag_value(inst, "from") else {
-                    continue;
-                };
                 let vars = MetaVars {
                     meta: &meta_args,
                     automatic: &automatic,
                 };
-                let from = expand_word(&from, &vars, df.escape)
-                    .map_err(|e| at_line(inst.span.start, e))?;
-                if let Some(dep) = resolve_stage_ref(&stages[..i], &from) {
-                    deps.insert(dep);
-                } else if find_stage(&stages, &from).is_some() || from.parse::<usize>().is_ok() {
-                    return Err(at_line(
-                        inst.span.start,
-                        format!("COPY --from={from}: a stage can only copy from an earlier stage"),
-                    ));
+                let expand = |w: &str| {
+                    expand_word(w, &vars, df.escape).map_err(|e| at_line(inst.span.start, e))
+                };
+                // COPY --from=X and RUN --mount=...,from=X name what they read.
+                let (what, froms) = match inst.keyword {
+                    Keyword::Copy => (
+                        "COPY --from",
+                        flag_value(inst, "from")
+                            .map(|f| expand(&f))
+                            .transpose()?
+                            .into_iter()
+                            .collect(),
+                    ),
+                    Keyword::Run => {
+                        let mut froms = Vec::new();
+                        for m in flag_values(inst, "mount") {
+                            // Errors in the value are reported with the stage's own
+                            // variables when its steps are expanded.
+                            let spec = expand(&m)
+                                .ok()
+                                .and_then(|v| mounts::parse_mount(&v, "/").ok());
+                            froms.extend(spec.and_then(|s| s.from));
+                        }
+                        ("RUN --mount from", froms)
+                    }
+                    _ => continue,
+                };
+                for from in froms {
+                    if let Some(dep) = resolve_stage_ref(&stages[..i], &from) {
+                        deps.insert(dep);
+                    } else if find_stage(&stages, &from).is_some() || from.parse::<usize>().is_ok()
+                    {
+                        return Err(at_line(
+                            inst.span.start,
+                            format!("{what}={from}: a stage can only read from an earlier stage"),
+                        ));
+                    }
                 }
             }
             stages[i].deps.extend(deps);
@@ -392,6 +415,28 @@ mod tests {
                 platform: Platform::host(),
             },
         )
+    }
+
+    #[test]
+    fn run_mount_from_makes_a_dependency() {
+        let src = "FROM scratch AS tools\nFROM scratch AS unused\nFROM busybox\nRUN --mount=from=tools,target=/t true\n";
+        let p = plan(src, &[], None).unwrap();
+        assert_eq!(
+            p.order,
+            vec![0, 2],
+            "tools is built for the mount, unused is not"
+        );
+        let e = plan(
+            "FROM busybox\nRUN --mount=type=bind,from=later,target=/t true\nFROM scratch AS later\n",
+            &[],
+            Some("0"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("RUN --mount from=later: a stage can only read from an earlier stage"),
+            "{e}"
+        );
     }
 
     #[test]

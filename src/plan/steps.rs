@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use super::chmod::Chmod;
 use super::error::at_line;
+use super::mounts::{parse_mount, MountKind, MountSpec};
 use super::{check_flags, flag_value, flag_values, Plan, PREDEFINED_ARGS};
 use crate::dockerfile::ast::{Args, CommandLine, Healthcheck, Heredoc, Instruction, Keyword};
 use crate::dockerfile::expand::{expand_heredoc, expand_word, expand_words, Vars};
@@ -99,7 +100,16 @@ impl ConfigEdit {
     }
 }
 
-/// Where COPY reads from.
+/// A `RUN --mount`, with its `from=` resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunMount {
+    /// The parsed mount.
+    pub spec: MountSpec,
+    /// What a bind mount (always) or a seeded cache mount reads from.
+    pub from: Option<CopyFrom>,
+}
+
+/// Where COPY (or a RUN mount) reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyFrom {
     /// The build context.
@@ -162,8 +172,8 @@ pub struct RunStep {
     pub env: Vec<String>,
     /// `--network` value.
     pub network: Option<String>,
-    /// `--mount` values.
-    pub mounts: Vec<String>,
+    /// `--mount`s, in the order given.
+    pub mounts: Vec<RunMount>,
     /// `--security` value.
     pub security: Option<String>,
 }
@@ -400,7 +410,7 @@ pub fn expand_stage(plan: &Plan, stage: usize, base: &ImageConfig) -> Result<Exp
                     script,
                     env,
                     network: flag_value(inst, "network"),
-                    mounts: flag_values(inst, "mount"),
+                    mounts: run_mounts(plan, stage, inst, &cfg, &word)?,
                     security: flag_value(inst, "security"),
                 })
             }
@@ -863,6 +873,38 @@ fn healthcheck(inst: &Instruction, h: &Healthcheck, cfg: &ImageConfig) -> Result
             })
         }
     }
+}
+
+/// The `--mount`s of a RUN: values expanded like the command's words, parsed, and
+/// their `from=` resolved to an earlier stage or an image (or named context).
+fn run_mounts(
+    plan: &Plan,
+    stage: usize,
+    inst: &Instruction,
+    cfg: &ImageConfig,
+    word: &dyn Fn(&str) -> Result<String>,
+) -> Result<Vec<RunMount>> {
+    let line = inst.span.start;
+    let mut out: Vec<RunMount> = Vec::new();
+    for value in flag_values(inst, "mount") {
+        let spec = parse_mount(&word(&value)?, &cfg.config.working_dir)
+            .map_err(|e| at_line(line, format!("--mount={value}: {e}")))?;
+        if let Some(t) = &spec.target {
+            if out.iter().any(|m| m.spec.target.as_ref() == Some(t)) {
+                return Err(at_line(line, format!("two mounts at {t}")));
+            }
+        }
+        let from = match (&spec.from, &spec.kind) {
+            (Some(f), _) => Some(match plan.stage_ref(stage, f) {
+                Some(i) => CopyFrom::Stage(i),
+                None => CopyFrom::Image(f.clone()),
+            }),
+            (None, MountKind::Bind { .. }) => Some(CopyFrom::Context),
+            (None, _) => None,
+        };
+        out.push(RunMount { spec, from });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

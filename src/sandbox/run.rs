@@ -56,6 +56,33 @@ pub struct Credentials {
     pub groups: Vec<u32>,
 }
 
+/// A mount a step asked for (`RUN --mount`), made before the step starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepMount {
+    /// Where, relative to the root: a real path (no symlink on the way) whose last
+    /// component exists, as a directory or a file like the source.
+    pub target: String,
+    /// What is mounted there.
+    pub source: MountSource,
+}
+
+/// What a [`StepMount`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A host file or directory, bound (recursively).
+    Bind {
+        /// The file or directory.
+        path: PathBuf,
+        /// Bound read-only.
+        readonly: bool,
+    },
+    /// A new, empty tmpfs.
+    Tmpfs {
+        /// Its size limit in bytes (None: the kernel's default).
+        size: Option<u64>,
+    },
+}
+
 /// Everything the sandbox needs for one command.
 pub struct RunSpec<'a> {
     /// The step's root filesystem (a private directory).
@@ -84,6 +111,8 @@ pub struct RunSpec<'a> {
     pub seccomp: Option<&'a Filter>,
     /// The step's hostname.
     pub hostname: &'a str,
+    /// `RUN --mount`s, parents before children.
+    pub mounts: &'a [StepMount],
 }
 
 /// How a command ended.
@@ -340,6 +369,15 @@ fn chroot_main(spec: &RunSpec<'_>, p: &Prepared, out: RawFd, err: &OwnedFd) -> R
     match unsafe { fork() }.context("cannot fork the command")? {
         ForkResult::Child => {
             let e = (|| -> Result<std::convert::Infallible> {
+                if !spec.mounts.is_empty() {
+                    unshare(CloneFlags::CLONE_NEWNS).context(
+                        "RUN --mount needs a mount namespace, which cannot be made here (--isolation=chroot)",
+                    )?;
+                    let none: Option<&str> = None;
+                    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+                        .context("cannot make the mounts private")?;
+                    step_mounts(spec)?;
+                }
                 nix::unistd::chroot(spec.rootfs).context("chroot")?;
                 nix::unistd::chdir("/")?;
                 Err(exec_command(spec, p, out))
@@ -440,31 +478,9 @@ fn setup_mounts(spec: &RunSpec<'_>) -> Result<()> {
     }
     let sys = root.join("sys");
     let ro = MsFlags::MS_RDONLY | nosuid;
-    if mount(Some("sysfs"), &sys, Some("sysfs"), ro, none).is_err()
-        && mount(
-            Some("/sys"),
-            &sys,
-            none,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            none,
-        )
-        .is_ok()
-    {
-        // A read-only remount keeps the flags the kernel locked on the original.
-        let locked = nix::sys::statvfs::statvfs("/sys")
-            .map(|s| s.flags())
-            .unwrap_or(nix::sys::statvfs::FsFlags::empty());
-        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        for (fs_flag, ms_flag) in [
-            (nix::sys::statvfs::FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-            (nix::sys::statvfs::FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-            (nix::sys::statvfs::FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        ] {
-            if locked.contains(fs_flag) {
-                flags |= ms_flag;
-            }
-        }
-        let _ = mount(none, &sys, none, flags, none);
+    if mount(Some("sysfs"), &sys, Some("sysfs"), ro, none).is_err() {
+        // Where a new sysfs is refused, the host's, read-only, if even that is allowed.
+        let _ = bind(Path::new("/sys"), &sys, true);
     }
     for (name, source) in spec.etc_files {
         let target = root.join("etc").join(name);
@@ -481,10 +497,64 @@ fn setup_mounts(spec: &RunSpec<'_>) -> Result<()> {
             .with_context(|| format!("cannot bind /etc/{name}"))?;
         }
     }
+    step_mounts(spec)?;
     nix::unistd::chdir(root)?;
     nix::unistd::pivot_root(".", ".").context("pivot_root")?;
     umount2(".", MntFlags::MNT_DETACH).context("cannot detach the old root")?;
     nix::unistd::chdir("/")?;
+    Ok(())
+}
+
+/// The step's own mounts (`RUN --mount`), in order.
+fn step_mounts(spec: &RunSpec<'_>) -> Result<()> {
+    for m in spec.mounts {
+        let target = spec.rootfs.join(&m.target);
+        match &m.source {
+            MountSource::Bind { path, readonly } => bind(path, &target, *readonly),
+            MountSource::Tmpfs { size } => {
+                let options = size.map(|s| format!("size={s}"));
+                mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    options.as_deref(),
+                )
+                .map_err(anyhow::Error::from)
+            }
+        }
+        .with_context(|| format!("cannot mount /{}", m.target))?;
+    }
+    Ok(())
+}
+
+/// Binds `source` at `target` (recursively); read-only if asked, keeping the flags the
+/// kernel locked on the original (a read-only remount may not drop them).
+fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
+    let none: Option<&str> = None;
+    mount(
+        Some(source),
+        target,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )?;
+    if readonly {
+        let locked = nix::sys::statvfs::statvfs(source)
+            .map(|s| s.flags())
+            .unwrap_or(nix::sys::statvfs::FsFlags::empty());
+        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        for (fs_flag, ms_flag) in [
+            (nix::sys::statvfs::FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (nix::sys::statvfs::FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (nix::sys::statvfs::FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        ] {
+            if locked.contains(fs_flag) {
+                flags |= ms_flag;
+            }
+        }
+        mount(none, target, none, flags, none).context("cannot make the mount read-only")?;
+    }
     Ok(())
 }
 

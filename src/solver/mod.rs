@@ -2,6 +2,7 @@
 //! change into a layer in the store, and assembles the target stage into an image.
 
 pub mod copy;
+pub mod mounts;
 pub mod rootfs;
 pub mod run;
 pub mod users;
@@ -23,8 +24,9 @@ use crate::snapshot::{write_layer, EntryKind, LayerEntry, LayerOptions};
 use crate::source::resolver::Resolver;
 use crate::store::Store;
 use copy::{copy_entries, CopyInputs};
+use mounts::MountFrom;
 use rootfs::{read_image_file, resolve_in_root, FileKind, Rootfs};
-use run::{run_command, RunEnvironment};
+use run::{run_command, RunEnvironment, StepInputs};
 use users::resolve_owner;
 
 /// What a build needs besides the plan.
@@ -214,6 +216,56 @@ struct Others<'s> {
     images: &'s mut BTreeMap<String, StageState>,
 }
 
+/// What a COPY --from or a RUN mount reads, besides the build context.
+enum FromRoot {
+    /// A directory given with `--build-context NAME=DIR` (its `.dockerignore` applies).
+    Dir(std::path::PathBuf),
+    /// The root filesystem of a stage or an image, materialised.
+    Filesystem(std::path::PathBuf),
+}
+
+/// Finds what `from` names: None for the build context; a stage's or image's filesystem
+/// (resolving and materialising the image if needed); a named context directory.
+fn from_root(
+    inp: &BuildInputs<'_>,
+    others: &mut Others<'_>,
+    from: &CopyFrom,
+) -> Result<Option<FromRoot>> {
+    match from {
+        CopyFrom::Context => Ok(None),
+        CopyFrom::Stage(i) => {
+            let st = others
+                .stages
+                .get_mut(i)
+                .ok_or_else(|| anyhow!("stage {i} was not built"))?;
+            Ok(Some(FromRoot::Filesystem(
+                st.rootfs(inp.store)?.to_path_buf(),
+            )))
+        }
+        CopyFrom::Image(r) => {
+            if let Some(dir) = inp.images.local_dir(r) {
+                return Ok(Some(FromRoot::Dir(dir.to_path_buf())));
+            }
+            if !others.images.contains_key(r) {
+                let base = inp.images.image(r)?;
+                let st = StageState {
+                    config: base.config,
+                    layers: base.layers,
+                    rootfs: None,
+                };
+                others.images.insert(r.clone(), st);
+            }
+            let st = others
+                .images
+                .get_mut(r)
+                .ok_or_else(|| anyhow!("image {r} was not resolved"))?;
+            Ok(Some(FromRoot::Filesystem(
+                st.rootfs(inp.store)?.to_path_buf(),
+            )))
+        }
+    }
+}
+
 /// Runs one step; returns the layer it made, if any.
 fn run_step(
     inp: &BuildInputs<'_>,
@@ -263,39 +315,20 @@ fn run_step(
                 None => None,
             };
             let stage_view;
-            let (source, preserve_owner) = match &c.from {
-                CopyFrom::Context => (inp.context, None),
-                CopyFrom::Stage(i) => {
-                    let st = others
-                        .stages
-                        .get_mut(i)
-                        .ok_or_else(|| anyhow!("stage {i} was not built"))?;
-                    let root = st.rootfs(inp.store)?.to_path_buf();
-                    stage_view = BuildContext::unfiltered(&root)?;
-                    (&stage_view, st.rootfs.as_ref())
+            let (source, preserve_owner) = match from_root(inp, others, &c.from)? {
+                None => (inp.context, None),
+                Some(FromRoot::Dir(dir)) => {
+                    stage_view = BuildContext::from_dir(&dir, None)?;
+                    (&stage_view, None)
                 }
-                CopyFrom::Image(r) => {
-                    if let Some(dir) = inp.images.local_dir(r) {
-                        stage_view = BuildContext::from_dir(dir, None)?;
-                        (&stage_view, None)
-                    } else {
-                        if !others.images.contains_key(r) {
-                            let base = inp.images.image(r)?;
-                            let st = StageState {
-                                config: base.config,
-                                layers: base.layers,
-                                rootfs: None,
-                            };
-                            others.images.insert(r.clone(), st);
-                        }
-                        let st = others
-                            .images
-                            .get_mut(r)
-                            .ok_or_else(|| anyhow!("image {r} was not resolved"))?;
-                        let root = st.rootfs(inp.store)?.to_path_buf();
-                        stage_view = BuildContext::unfiltered(&root)?;
-                        (&stage_view, st.rootfs.as_ref())
-                    }
+                Some(FromRoot::Filesystem(root)) => {
+                    stage_view = BuildContext::unfiltered(&root)?;
+                    let rootfs = match &c.from {
+                        CopyFrom::Stage(i) => others.stages.get(i),
+                        CopyFrom::Image(r) => others.images.get(r),
+                        CopyFrom::Context => None,
+                    };
+                    (&stage_view, rootfs.and_then(|st| st.rootfs.as_ref()))
                 }
             };
             let entries = copy_entries(
@@ -323,9 +356,29 @@ fn run_step(
                 _ => None,
             };
             let step_root = copy.as_ref().map_or(root, |c| c.path().to_path_buf());
-            let result = run_command(env, &step_root, &state.config, r, scratch, &mut |line| {
-                inp.progress.log(handle, line)
-            });
+            let mut mount_from = Vec::new();
+            for m in &r.mounts {
+                mount_from.push(match &m.from {
+                    None => None,
+                    Some(from) => Some(match from_root(inp, others, from)? {
+                        None => MountFrom::Context(inp.context),
+                        Some(FromRoot::Dir(d) | FromRoot::Filesystem(d)) => MountFrom::Root(d),
+                    }),
+                });
+            }
+            let step_inputs = StepInputs {
+                store: inp.store,
+                scratch,
+                mount_from,
+            };
+            let result = run_command(
+                env,
+                &step_root,
+                &state.config,
+                r,
+                step_inputs,
+                &mut |line| inp.progress.log(handle, line),
+            );
             let entries = match result {
                 Ok(e) => e,
                 Err(e) => {

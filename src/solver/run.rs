@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::mounts::{prepare as prepare_mounts, MountFrom, MountInputs, PreparedMounts};
 use super::rootfs::{read_image_file, resolve_in_root, FileKind};
 use super::users::resolve_run_user;
 use crate::cancel::Cancel;
@@ -16,6 +17,7 @@ use crate::sandbox::seccomp::Filter;
 use crate::snapshot::clone::Snapshotter;
 use crate::snapshot::walk::{MountPoints, TreeState};
 use crate::snapshot::LayerEntry;
+use crate::store::Store;
 
 /// How RUN steps are executed in this build.
 pub struct RunEnvironment {
@@ -23,6 +25,8 @@ pub struct RunEnvironment {
     pub isolation: Isolation,
     /// How a step's root is prepared and its layer found.
     pub snapshotter: Snapshotter,
+    /// Secrets and SSH agents for `RUN --mount`.
+    pub mount_inputs: MountInputs,
     /// The compiled seccomp profile.
     pub seccomp: Filter,
     /// Cancellation.
@@ -33,6 +37,16 @@ pub struct RunEnvironment {
 /// reproducible).
 const HOSTNAME: &str = "rbuild";
 
+/// What a RUN step works with besides its own root.
+pub struct StepInputs<'a> {
+    /// The store (cache mounts live in it).
+    pub store: &'a Store,
+    /// The build's scratch directory (outside every root).
+    pub scratch: &'a Path,
+    /// What each `--mount` of the step reads from, in order.
+    pub mount_from: Vec<Option<MountFrom<'a>>>,
+}
+
 /// Runs `step` on `root` with the stage's `config`; `log` receives output lines. Returns
 /// the entries of the layer (empty when the step changed nothing).
 pub fn run_command(
@@ -40,12 +54,10 @@ pub fn run_command(
     root: &Path,
     config: &ImageConfig,
     step: &RunStep,
-    scratch: &Path,
+    inputs: StepInputs<'_>,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<LayerEntry>> {
-    if !step.mounts.is_empty() {
-        bail!("RUN --mount is not supported yet");
-    }
+    let scratch = inputs.scratch;
     let network = match step.network.as_deref() {
         None | Some("default") | Some("host") => Network::Host,
         Some("none") => Network::None,
@@ -93,9 +105,28 @@ pub fn run_command(
     ensure_workdir(root, &cwd)?;
     let etc = etc_files(scratch, network)?;
     let mut points = MountPoints::default();
-    for (rel, dir) in mount_points(&etc) {
-        points.ensure(root, &rel, dir)?;
-    }
+    let made = (|| -> Result<PreparedMounts> {
+        for (rel, dir) in mount_points(&etc) {
+            points.ensure(root, &rel, dir)?;
+        }
+        prepare_mounts(
+            &step.mounts,
+            inputs.mount_from,
+            &env.mount_inputs,
+            inputs.store,
+            root,
+            scratch,
+            &mut points,
+        )
+    })();
+    let mounts = match made {
+        Ok(m) => m,
+        Err(e) => {
+            points.remove();
+            return Err(e);
+        }
+    };
+    environ.extend(mounts.env.iter().cloned());
     let creds = Credentials {
         uid: user.uid,
         gid: user.gid,
@@ -114,6 +145,7 @@ pub fn run_command(
         script: step.script.as_ref().map(|(n, b)| (n.as_str(), b.as_str())),
         seccomp: Some(&env.seccomp),
         hostname: HOSTNAME,
+        mounts: &mounts.mounts,
     };
     let mut pending = Vec::new();
     let outcome = run(&spec, &env.cancel, |bytes| {

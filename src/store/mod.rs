@@ -135,6 +135,13 @@ impl Store {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
+    /// The directory of the `RUN --mount=type=cache` cache named `id` (not created here).
+    pub fn cache_mount_dir(&self, id: &str) -> PathBuf {
+        self.root
+            .join("mounts")
+            .join(&Digest::of(id.as_bytes()).hex()[..32])
+    }
+
     /// True when the blob is present.
     pub fn has_blob(&self, digest: &Digest) -> bool {
         self.blob_path(digest).is_file()

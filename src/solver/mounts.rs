@@ -1,0 +1,395 @@
+//! `RUN --mount`: each mount of a step turned into what the sandbox mounts — a directory
+//! or file of the context, a stage or an image (bound read-only, or a throwaway copy when
+//! writable), a cache directory kept in the store, a tmpfs, a secret file, an SSH agent
+//! socket — with the mount points made in the step's root (removed after the step, so they
+//! never reach a layer) and whatever must live as long as the step (locks, copies).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::rootfs::{resolve_in_root, FileKind};
+use crate::context::{BuildContext, EntryKind};
+use crate::plan::mounts::{MountKind, Sharing};
+use crate::plan::steps::RunMount;
+use crate::sandbox::run::{MountSource, StepMount};
+use crate::snapshot::clone::copy_tree;
+use crate::snapshot::walk::MountPoints;
+use crate::store::Store;
+
+/// Where a secret given with `--secret` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file, read when a step mounts it.
+    File(PathBuf),
+    /// An environment variable of rbuild's, read when a step mounts it.
+    Env(String),
+}
+
+/// What the build was given for mounts: secrets and SSH agent sockets, by id.
+#[derive(Debug, Clone, Default)]
+pub struct MountInputs {
+    /// `--secret id=...`.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// `--ssh id=SOCKET`.
+    pub ssh: BTreeMap<String, PathBuf>,
+}
+
+/// What a mount reads from, found by the solver: the build context, or the root
+/// directory of a stage, an image or a named context.
+pub enum MountFrom<'a> {
+    /// The build context (`.dockerignore` applies).
+    Context(&'a BuildContext),
+    /// A directory tree read as it is.
+    Root(PathBuf),
+}
+
+/// A step's mounts, ready for the sandbox.
+#[derive(Default)]
+pub struct PreparedMounts {
+    /// What the sandbox mounts, parents before children.
+    pub mounts: Vec<StepMount>,
+    /// Variables the step gets (`SSH_AUTH_SOCK`, secrets given as `env=`).
+    pub env: Vec<String>,
+    /// Locks on cache directories, released (closed) when the step is over.
+    _locks: Vec<File>,
+    /// Throwaway directories (copies for writable binds, secrets, private caches),
+    /// removed when the step is over.
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// Prepares the mounts of a step whose root is `root`; `from` has the source of each
+/// mount that reads from one (in order). Mount points are recorded in `points`.
+pub fn prepare(
+    mounts: &[RunMount],
+    from: Vec<Option<MountFrom<'_>>>,
+    inputs: &MountInputs,
+    store: &Store,
+    root: &Path,
+    scratch: &Path,
+    points: &mut MountPoints,
+) -> Result<PreparedMounts> {
+    let mut out = PreparedMounts::default();
+    let mut order: Vec<(usize, StepMount)> = Vec::new();
+    for (m, from) in mounts.iter().zip(from) {
+        let spec = &m.spec;
+        let what = spec.target.clone().unwrap_or_default();
+        let made = prepare_one(m, from, inputs, store, scratch, &mut out)
+            .with_context(|| format!("mount at {what}"))?;
+        let (Some(target), Some((source, is_dir))) = (&spec.target, made) else {
+            continue;
+        };
+        let resolved = resolve_in_root(root, target, true)?;
+        match (resolved.kind, is_dir) {
+            (Some(FileKind::Dir), false) => {
+                bail!("cannot mount a file over the directory {target}")
+            }
+            (Some(FileKind::Other), true) => {
+                bail!("cannot mount a directory over the file {target}")
+            }
+            _ => {}
+        }
+        points.ensure(root, &resolved.rel, is_dir)?;
+        let depth = resolved.rel.split('/').count();
+        order.push((
+            depth,
+            StepMount {
+                target: resolved.rel,
+                source,
+            },
+        ));
+    }
+    // Parents before children, whatever order they were written in.
+    order.sort_by_key(|(depth, _)| *depth);
+    out.mounts = order.into_iter().map(|(_, m)| m).collect();
+    Ok(out)
+}
+
+/// One mount: what to mount and whether it is a directory (None: nothing to mount, e.g. a
+/// secret only given as a variable, or an optional one not given).
+fn prepare_one(
+    m: &RunMount,
+    from: Option<MountFrom<'_>>,
+    inputs: &MountInputs,
+    store: &Store,
+    scratch: &Path,
+    out: &mut PreparedMounts,
+) -> Result<Option<(MountSource, bool)>> {
+    let throwaway = |out: &mut PreparedMounts, prefix: &str| -> Result<PathBuf> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(scratch)?;
+        let path = dir.path().to_path_buf();
+        out._dirs.push(dir);
+        Ok(path)
+    };
+    match &m.spec.kind {
+        MountKind::Bind { source, readwrite } => {
+            let from = from.ok_or_else(|| anyhow!("a bind mount needs a source"))?;
+            let (path, is_dir, filtered) = source_path(&from, source)?;
+            if *readwrite || filtered {
+                // A writable bind gets a copy, its changes thrown away after the step; a
+                // context directory with ignored files below gets a copy without them.
+                let copy = throwaway(out, "bind-")?.join("tree");
+                match (&from, filtered) {
+                    (MountFrom::Context(ctx), true) => copy_context_dir(ctx, source, &copy)?,
+                    _ if is_dir => {
+                        copy_tree(&path, &copy)?;
+                    }
+                    _ => {
+                        fs::copy(&path, &copy)?;
+                    }
+                }
+                let readonly = !*readwrite;
+                return Ok(Some((
+                    MountSource::Bind {
+                        path: copy,
+                        readonly,
+                    },
+                    is_dir,
+                )));
+            }
+            Ok(Some((
+                MountSource::Bind {
+                    path,
+                    readonly: true,
+                },
+                is_dir,
+            )))
+        }
+        MountKind::Cache {
+            id,
+            readonly,
+            sharing,
+            source,
+            mode,
+            uid,
+            gid,
+        } => {
+            let dir = store.cache_mount_dir(id);
+            let lock = lock_cache(&dir, *sharing)?;
+            let path = match lock {
+                Some(lock) => {
+                    out._locks.push(lock);
+                    if !dir.is_dir() {
+                        create_cache(&dir, from.as_ref(), source, *mode, *uid, *gid)?;
+                    }
+                    dir
+                }
+                // `sharing=private` and another build has it: an empty one of our own.
+                None => {
+                    let own = throwaway(out, "cache-")?.join("cache");
+                    create_cache(&own, from.as_ref(), source, *mode, *uid, *gid)?;
+                    own
+                }
+            };
+            Ok(Some((
+                MountSource::Bind {
+                    path,
+                    readonly: *readonly,
+                },
+                true,
+            )))
+        }
+        MountKind::Tmpfs { size } => Ok(Some((MountSource::Tmpfs { size: *size }, true))),
+        MountKind::Secret {
+            id,
+            env,
+            required,
+            mode,
+            uid,
+            gid,
+        } => {
+            let Some(secret) = inputs.secrets.get(id) else {
+                if *required {
+                    bail!("secret {id:?} not given: pass --secret id={id},src=FILE (or env=VAR)");
+                }
+                return Ok(None);
+            };
+            let value = match secret {
+                SecretSource::File(p) => fs::read(p)
+                    .with_context(|| format!("cannot read secret {id:?} from {}", p.display()))?,
+                SecretSource::Env(var) => std::env::var_os(var)
+                    .ok_or_else(|| anyhow!("secret {id:?}: ${var} is not set"))?
+                    .into_encoded_bytes(),
+            };
+            if let Some(var) = env {
+                let text = String::from_utf8(value.clone())
+                    .map_err(|_| anyhow!("secret {id:?} is not UTF-8, so it cannot be ${var}"))?;
+                out.env.push(format!("{var}={text}"));
+            }
+            if m.spec.target.is_none() {
+                return Ok(None);
+            }
+            let dir = throwaway(out, "secret-")?;
+            let file = dir.join("secret");
+            fs::write(&file, &value)?;
+            std::os::unix::fs::chown(&file, Some(*uid), Some(*gid))
+                .with_context(|| format!("cannot give secret {id:?} to {uid}:{gid}"))?;
+            fs::set_permissions(&file, fs::Permissions::from_mode(*mode))?;
+            Ok(Some((
+                MountSource::Bind {
+                    path: file,
+                    readonly: true,
+                },
+                false,
+            )))
+        }
+        MountKind::Ssh { id, required } => {
+            let Some(socket) = inputs.ssh.get(id) else {
+                if *required {
+                    bail!("SSH agent {id:?} not given: pass --ssh {id}=SOCKET (or --ssh {id} with $SSH_AUTH_SOCK set)");
+                }
+                return Ok(None);
+            };
+            if let Some(t) = &m.spec.target {
+                if !out.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    out.env.push(format!("SSH_AUTH_SOCK={t}"));
+                }
+            }
+            Ok(Some((
+                MountSource::Bind {
+                    path: socket.clone(),
+                    readonly: false,
+                },
+                false,
+            )))
+        }
+    }
+}
+
+/// The host path of `source` in what a mount reads from, whether it is a directory, and
+/// whether it is a context directory with ignored entries below (which must not show).
+fn source_path(from: &MountFrom<'_>, source: &str) -> Result<(PathBuf, bool, bool)> {
+    match from {
+        MountFrom::Context(ctx) => {
+            let found = ctx.resolve(if source.is_empty() { "." } else { source })?;
+            let [m] = found.as_slice() else {
+                bail!("source {source:?} matches more than one path");
+            };
+            let is_dir = m.kind == EntryKind::Dir;
+            let filtered = ctx.excludes_below(m)?;
+            Ok((m.host_path.clone(), is_dir, filtered))
+        }
+        MountFrom::Root(root) => {
+            let r = resolve_in_root(root, &format!("/{source}"), true)?;
+            match r.kind {
+                None => bail!("source {source:?} not found"),
+                Some(kind) => Ok((root.join(&r.rel), kind == FileKind::Dir, false)),
+            }
+        }
+    }
+}
+
+/// A copy of a context directory without what `.dockerignore` excludes.
+fn copy_context_dir(ctx: &BuildContext, source: &str, to: &Path) -> Result<()> {
+    let found = ctx.resolve(if source.is_empty() { "." } else { source })?;
+    let [m] = found.as_slice() else {
+        bail!("source {source:?} matches more than one path");
+    };
+    fs::create_dir(to)?;
+    for e in ctx.walk(m)? {
+        let dest = to.join(&e.rel_path);
+        let ft = e.metadata.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&dest)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&e.host_path)?, &dest)?;
+        } else if ft.is_file() {
+            fs::copy(&e.host_path, &dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Locks a cache directory for this step (the lock file sits beside it): shared for
+/// `shared`, exclusive (waiting) for `locked`; for `private`, exclusive if free, else None.
+fn lock_cache(dir: &Path, sharing: Sharing) -> Result<Option<File>> {
+    let parent = dir
+        .parent()
+        .ok_or_else(|| anyhow!("cache mount without a parent"))?;
+    fs::create_dir_all(parent)?;
+    let mut name = dir.as_os_str().to_os_string();
+    name.push(".lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(PathBuf::from(name))
+        .context("cannot open the cache mount's lock")?;
+    let op = match sharing {
+        Sharing::Shared => libc::LOCK_SH,
+        Sharing::Locked => libc::LOCK_EX,
+        Sharing::Private => libc::LOCK_EX | libc::LOCK_NB,
+    };
+    loop {
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(Some(file));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if sharing == Sharing::Private => return Ok(None),
+            _ => return Err(e).context("cannot lock the cache mount"),
+        }
+    }
+}
+
+/// Makes a new cache directory (under a temporary name, then renamed, so a crash leaves no
+/// half-made cache): seeded from `source` in `from` when given, with its mode and owner.
+fn create_cache(
+    dir: &Path,
+    from: Option<&MountFrom<'_>>,
+    source: &str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<()> {
+    let parent = dir
+        .parent()
+        .ok_or_else(|| anyhow!("cache mount without a parent"))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".new-")
+        .tempdir_in(parent)?;
+    let made = tmp.path().join("cache");
+    match from {
+        Some(from) => {
+            let (path, is_dir, _) = source_path(from, source)?;
+            if !is_dir {
+                bail!("the cache's source {source:?} is not a directory");
+            }
+            copy_tree(&path, &made)?;
+        }
+        None => fs::create_dir(&made)?,
+    }
+    std::os::unix::fs::chown(&made, Some(uid), Some(gid))
+        .with_context(|| format!("cannot give the cache to {uid}:{gid}"))?;
+    fs::set_permissions(&made, fs::Permissions::from_mode(mode))?;
+    // Never over a cache another build made meanwhile (rename would replace an empty one
+    // that build may be using): theirs is as good.
+    let (from_c, to_c) = (path_cstring(&made)?, path_cstring(dir)?);
+    // SAFETY: two NUL-terminated paths.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 || dir.is_dir() {
+        return Ok(());
+    }
+    Err(std::io::Error::last_os_error()).context("cannot create the cache mount")
+}
+
+fn path_cstring(p: &Path) -> Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("NUL in {}", p.display()))
+}

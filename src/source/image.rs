@@ -7,6 +7,7 @@ use serde_json::Value;
 use crate::image::config::ImageConfig;
 use crate::image::Layer;
 use crate::plan::Platform;
+use crate::source::index::{parse_index, select_platform};
 use crate::store::{Digest, Store};
 
 /// A base image ready to build on: every blob it names is in the store.
@@ -49,58 +50,6 @@ pub fn manifest_kind(doc: &Value) -> Result<ManifestKind> {
     }
 }
 
-/// The digest of the entry of an index that matches `platform`; the error lists what
-/// the index offers.
-pub fn select_platform(index: &Value, platform: &Platform) -> Result<Digest> {
-    let entries = index
-        .get("manifests")
-        .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("image index without manifests"))?;
-    let mut offered = Vec::new();
-    let mut fallback = None;
-    for e in entries {
-        let Some(p) = e.get("platform") else { continue };
-        let os = p.get("os").and_then(Value::as_str).unwrap_or("");
-        let arch = p.get("architecture").and_then(Value::as_str).unwrap_or("");
-        let variant = p.get("variant").and_then(Value::as_str);
-        offered.push(match variant {
-            Some(v) => format!("{os}/{arch}/{v}"),
-            None => format!("{os}/{arch}"),
-        });
-        if os != platform.os || arch != platform.arch {
-            continue;
-        }
-        let digest = e
-            .get("digest")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("index entry without a digest"))?;
-        let wanted = platform.variant.as_deref().or(default_variant(arch));
-        let have = variant.or(default_variant(arch));
-        if wanted == have || wanted.is_none() {
-            return digest.parse();
-        }
-        fallback.get_or_insert(digest.to_string());
-    }
-    if let Some(d) = fallback {
-        return d.parse();
-    }
-    bail!(
-        "no image for platform {platform} in the index (it has: {})",
-        if offered.is_empty() {
-            "no platform information".to_string()
-        } else {
-            offered.join(", ")
-        }
-    )
-}
-
-fn default_variant(arch: &str) -> Option<&'static str> {
-    match arch {
-        "arm64" => Some("v8"),
-        _ => None,
-    }
-}
-
 /// The layer media type rbuild writes in its own manifests for a layer of `media_type`
 /// (Docker's names become the OCI ones; the bytes are the same).
 pub fn oci_layer_media_type(media_type: &str) -> String {
@@ -130,8 +79,8 @@ pub fn open_stored(
         .with_context(|| format!("image {name}: manifest {digest} is not JSON"))?;
     let manifest_digest = match manifest_kind(&doc)? {
         ManifestKind::Index => {
-            let chosen =
-                select_platform(&doc, platform).with_context(|| format!("image {name}"))?;
+            let entries = parse_index(&bytes).with_context(|| format!("image {name}"))?;
+            let chosen = select_platform(&entries, platform, &format!("image {name}"))?.digest()?;
             return open_manifest(store, name, &chosen).map(|mut b| {
                 b.digest = digest.clone();
                 b
@@ -211,36 +160,6 @@ fn open_manifest(store: &Store, name: &str, digest: &Digest) -> Result<BaseImage
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn selects_the_platform_and_lists_the_others() {
-        let idx = json!({"manifests": [
-            {"digest": format!("sha256:{}", "1".repeat(64)), "platform": {"os": "linux", "architecture": "arm64"}},
-            {"digest": format!("sha256:{}", "2".repeat(64)), "platform": {"os": "linux", "architecture": "amd64"}},
-            {"digest": format!("sha256:{}", "3".repeat(64)), "platform": {"os": "linux", "architecture": "arm", "variant": "v6"}},
-            {"digest": format!("sha256:{}", "4".repeat(64)), "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
-        ]});
-        let p = |s: &str| Platform::parse(s).unwrap();
-        assert_eq!(
-            select_platform(&idx, &p("linux/amd64")).unwrap().hex(),
-            "2".repeat(64)
-        );
-        assert_eq!(
-            select_platform(&idx, &p("linux/arm64/v8")).unwrap().hex(),
-            "1".repeat(64)
-        );
-        assert_eq!(
-            select_platform(&idx, &p("linux/arm/v7")).unwrap().hex(),
-            "4".repeat(64)
-        );
-        let e = select_platform(&idx, &p("linux/s390x"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("linux/arm/v6") && e.contains("linux/amd64"),
-            "{e}"
-        );
-    }
 
     #[test]
     fn kinds_by_media_type_or_shape() {

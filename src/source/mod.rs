@@ -3,5 +3,6 @@
 
 pub mod archive;
 pub mod image;
+pub mod index;
 pub mod registry;
 pub mod resolver;

@@ -9,15 +9,13 @@ use serde::Deserialize;
 use ureq::http::Method;
 
 use super::error::RegistryError;
-use super::manifest::{
-    media_type_of, parse_image, parse_index, select_platform, Manifest, MANIFEST_ACCEPT,
-    MAX_MANIFEST_SIZE,
-};
+use super::manifest::{media_type_of, parse_image, Manifest, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
 use super::transport::{status_error, transport_error, Repo, Req};
 use super::{parallel, Client, PARALLEL_TRANSFERS};
 use crate::image::reference::Reference;
 use crate::image::Layer;
 use crate::plan::platform::Platform;
+use crate::source::index::{parse_index, select_platform};
 use crate::store::{Digest, HashingWriter, Store};
 
 /// Progress of a pull, as reported to the caller's callback.

@@ -8,7 +8,10 @@
 #  4. runs every unit and integration test (cargo test) against that static binary;
 #  5. as root only: runs the integration test binaries again as the unprivileged user
 #     rbuild-tester (created with subordinate uid/gid ranges), from a world-readable copy
-#     under /tmp, so the rootless code paths (and rootless podman/umoci) are tested too.
+#     under /tmp, so the rootless code paths (and rootless podman/umoci) are tested too;
+#  6. as root only: runs the RUN and offline suites once more as rbuild-single, a user
+#     with no sub-id ranges, so rbuild falls back to mapping that user's id alone (what
+#     needs other ids skips, saying why).
 #
 # Environment: CI=true makes a missing checking tool a test failure instead of a skip.
 # RBUILD_TEST_KEEP=1 keeps the tests' scratch directories.
@@ -18,6 +21,7 @@ export LC_ALL=C.UTF-8
 
 TEST_USER=rbuild-tester
 SUBID_RANGE=200000-265535
+SINGLE_USER=rbuild-single
 PACKAGES=(
     skopeo umoci podman uidmap busybox-static jq
     tar gzip xz-utils zstd bzip2 file make gcc libc6-dev
@@ -84,10 +88,12 @@ fi
 RUN_DIR=$(mktemp -d /tmp/rbuild-usertest.XXXXXX)
 cleanup() {
     # Rootless podman leaves a pause process holding its user namespace; end exactly that.
-    local pidfile=$RUN_DIR/xdg/libpod/tmp/pause.pid
-    if [[ -f $pidfile ]]; then
-        kill "$(cat "$pidfile")" 2>/dev/null || true
-    fi
+    local pidfile
+    for pidfile in "$RUN_DIR"/xdg-*/libpod/tmp/pause.pid; do
+        if [[ -f $pidfile ]]; then
+            kill "$(cat "$pidfile")" 2>/dev/null || true
+        fi
+    done
     rm -rf "$RUN_DIR"
 }
 trap cleanup EXIT
@@ -98,23 +104,44 @@ mapfile -t TEST_BINS < <(jq -r 'select(.reason == "compiler-artifact" and .targe
     and .profile.test == true and .executable != null) | .executable' "$RUN_DIR/build.json")
 ((${#TEST_BINS[@]})) || die "cargo built no integration test binaries"
 
-mkdir -p "$RUN_DIR/bin" "$RUN_DIR/home" "$RUN_DIR/tmp" "$RUN_DIR/xdg"
+mkdir -p "$RUN_DIR/bin" "$RUN_DIR/home" "$RUN_DIR/tmp" "$RUN_DIR/xdg-$TEST_USER"
 cp "${TEST_BINS[@]}" "$RUN_DIR/bin/"
 cp "$RBUILD_STATIC" "$RUN_DIR/rbuild"
 cp -a testdata "$RUN_DIR/testdata"
 rm -f "$RUN_DIR/build.json"
 chmod 755 "$RUN_DIR"
-chmod 700 "$RUN_DIR/xdg"
+chmod 700 "$RUN_DIR/xdg-$TEST_USER"
 chown -R "$TEST_USER:" "$RUN_DIR"
+
+# as_user USER BIN: runs one test binary as USER in the copy under $RUN_DIR.
+as_user() {
+    (cd "$RUN_DIR" && runuser -u "$1" -- env -i \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        HOME="$RUN_DIR/home" TMPDIR="$RUN_DIR/tmp" XDG_RUNTIME_DIR="$RUN_DIR/xdg-$1" \
+        LC_ALL=C.UTF-8 CI="${CI:-}" RUST_BACKTRACE=1 \
+        RBUILD_BIN="$RUN_DIR/rbuild" RBUILD_TESTDATA="$RUN_DIR/testdata" \
+        timeout 30m "$2")
+}
 
 for bin in "$RUN_DIR"/bin/*; do
     log "$(basename "$bin") as $TEST_USER"
-    (cd "$RUN_DIR" && runuser -u "$TEST_USER" -- env -i \
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME="$RUN_DIR/home" TMPDIR="$RUN_DIR/tmp" XDG_RUNTIME_DIR="$RUN_DIR/xdg" \
-        LC_ALL=C.UTF-8 CI="${CI:-}" RUST_BACKTRACE=1 \
-        RBUILD_BIN="$RUN_DIR/rbuild" RBUILD_TESTDATA="$RUN_DIR/testdata" \
-        timeout 30m "$bin") || failed+=("$(basename "$bin") as $TEST_USER")
+    as_user "$TEST_USER" "$bin" || failed+=("$(basename "$bin") as $TEST_USER")
+done
+
+log "setting up $SINGLE_USER, a user with no sub-id ranges (rbuild maps only its own id)"
+if ! id -u "$SINGLE_USER" >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/sh "$SINGLE_USER"
+fi
+# useradd may have given it ranges (SUB_UID_COUNT in login.defs): take them away.
+sed -i "/^$SINGLE_USER:/d" /etc/subuid /etc/subgid
+rm -rf "$RUN_DIR/tmp" "$RUN_DIR/home"
+mkdir -p "$RUN_DIR/tmp" "$RUN_DIR/home" "$RUN_DIR/xdg-$SINGLE_USER"
+chmod 700 "$RUN_DIR/xdg-$SINGLE_USER"
+chown -R "$SINGLE_USER:" "$RUN_DIR/bin" "$RUN_DIR/rbuild" "$RUN_DIR/testdata" "$RUN_DIR/tmp" \
+    "$RUN_DIR/home" "$RUN_DIR/xdg-$SINGLE_USER"
+for bin in "$RUN_DIR"/bin/run-* "$RUN_DIR"/bin/offline-*; do
+    log "$(basename "$bin") as $SINGLE_USER (single-id mapping)"
+    as_user "$SINGLE_USER" "$bin" || failed+=("$(basename "$bin") as $SINGLE_USER")
 done
 ((${#failed[@]} == 0)) || die "failed: $(IFS=,; echo "${failed[*]}")"
-log "all tests passed (as root and as $TEST_USER)"
+log "all tests passed (as root, as $TEST_USER and as $SINGLE_USER)"

@@ -113,14 +113,14 @@ chmod 755 "$RUN_DIR"
 chmod 700 "$RUN_DIR/xdg-$TEST_USER"
 chown -R "$TEST_USER:" "$RUN_DIR"
 
-# as_user USER BIN: runs one test binary as USER in the copy under $RUN_DIR.
+# as_user USER BIN [ARG...]: runs one test binary as USER in the copy under $RUN_DIR.
 as_user() {
     (cd "$RUN_DIR" && runuser -u "$1" -- env -i \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         HOME="$RUN_DIR/home" TMPDIR="$RUN_DIR/tmp" XDG_RUNTIME_DIR="$RUN_DIR/xdg-$1" \
         LC_ALL=C.UTF-8 CI="${CI:-}" RUST_BACKTRACE=1 \
         RBUILD_BIN="$RUN_DIR/rbuild" RBUILD_TESTDATA="$RUN_DIR/testdata" \
-        timeout 30m "$2")
+        timeout 30m "${@:2}")
 }
 
 for bin in "$RUN_DIR"/bin/*; do
@@ -141,7 +141,8 @@ chown -R "$SINGLE_USER:" "$RUN_DIR/bin" "$RUN_DIR/rbuild" "$RUN_DIR/testdata" "$
     "$RUN_DIR/home" "$RUN_DIR/xdg-$SINGLE_USER"
 for bin in "$RUN_DIR"/bin/run-* "$RUN_DIR"/bin/offline-*; do
     log "$(basename "$bin") as $SINGLE_USER (single-id mapping)"
-    as_user "$SINGLE_USER" "$bin" || failed+=("$(basename "$bin") as $SINGLE_USER")
+    # --show-output: the log says which tests skipped, and why.
+    as_user "$SINGLE_USER" "$bin" --show-output || failed+=("$(basename "$bin") as $SINGLE_USER")
 done
 ((${#failed[@]} == 0)) || die "failed: $(IFS=,; echo "${failed[*]}")"
 log "all tests passed (as root, as $TEST_USER and as $SINGLE_USER)"

@@ -237,13 +237,16 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
     }
     let mut fields = BTreeMap::new();
     let mut names = Vec::new();
-    for part in spec.split(',') {
+    let parts =
+        crate::csv_fields::csv_fields(spec).map_err(|e| anyhow!("invalid output {spec:?}: {e}"))?;
+    for part in &parts {
         let (k, v) = part
             .split_once('=')
             .ok_or_else(|| anyhow!("invalid output {spec:?}: {part:?} is not key=value"))?;
         let k = k.trim().to_lowercase();
         if k == "name" {
-            names.push(v.to_string());
+            // buildx spelling: several names in one quoted field, `"name=a:1,a:2"`.
+            names.extend(v.split(',').filter(|n| !n.is_empty()).map(String::from));
         } else if fields.insert(k.clone(), v.to_string()).is_some() {
             bail!("invalid output {spec:?}: {k} given twice");
         }
@@ -761,6 +764,9 @@ mod tests {
         let o = parse_output("type=oci,tar=false,dest=d,name=a:1").unwrap();
         assert_eq!(o.kind, OutputKind::Oci { tar: false });
         assert_eq!(o.names, vec!["a:1"]);
+        let o = parse_output(r#"type=registry,"name=r.io/a:1,r.io/a:latest""#).unwrap();
+        assert_eq!(o.kind, OutputKind::Image { push: true });
+        assert_eq!(o.names, vec!["r.io/a:1", "r.io/a:latest"]);
         assert_eq!(parse_output("-").unwrap().dest, Destination::Stdout);
         assert_eq!(parse_output("outdir").unwrap().kind, OutputKind::Local);
         for bad in [
@@ -771,6 +777,7 @@ mod tests {
             "type=local,dest=-",
             "type=docker,tar=false,dest=x",
             "type=oci,tar=maybe,dest=x",
+            r#"type=oci,"dest=x"#,
         ] {
             assert!(parse_output(bad).is_err(), "{bad}");
         }

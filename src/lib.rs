@@ -6,6 +6,7 @@
 pub mod cancel;
 pub mod cli;
 pub mod context;
+pub mod csv_fields;
 pub mod dockerfile;
 pub mod export;
 pub mod image;

@@ -374,13 +374,14 @@ fn metadata(path: &std::path::Path) -> Value {
 
 /// Builds `registry/push` on the loaded busybox base and pushes it as `name`; returns the
 /// pushed manifest digest after checking the progress output and the metadata file agree.
-fn push_case(extra: &[&str], name: &str) -> String {
+fn push_case(extra: &[&str], names: &[&str]) -> String {
     let test = "push_case";
     let bb = busybox(test).expect("the busybox base (checked by the caller)");
     let b = Build::case(GROUP, "push");
     b.load_busybox(&bb);
     let meta = b.out.join("metadata.json");
-    let output = format!("type=registry,name={name}");
+    // buildx spelling: several names in one quoted field.
+    let output = format!("type=registry,\"name={}\"", names.join(","));
     let mut args = vec!["--pull=never", "-o", &output, "--metadata-file"];
     let meta_arg = meta.display().to_string();
     args.push(&meta_arg);
@@ -392,17 +393,23 @@ fn push_case(extra: &[&str], name: &str) -> String {
         .as_str()
         .expect("containerimage.digest")
         .to_string();
+    let pushed: Vec<Value> = names
+        .iter()
+        .map(|name| serde_json::json!({ "name": name, "digest": digest }))
+        .collect();
     assert_eq!(
         m["rbuild.pushed"],
-        serde_json::json!([{ "name": name, "digest": digest }]),
-        "the metadata file lists the push"
+        Value::Array(pushed),
+        "the metadata file lists the pushes"
     );
-    assert!(
-        ran.stderr_text()
-            .contains(&format!("pushed {name}@{digest}")),
-        "the progress output names the pushed digest: {}",
-        ran.summary()
-    );
+    for name in names {
+        assert!(
+            ran.stderr_text()
+                .contains(&format!("pushed {name}@{digest}")),
+            "the progress output names the pushed digest: {}",
+            ran.summary()
+        );
+    }
     assert!(b.leftover_temp_files().is_empty(), "temp files left");
     digest
 }
@@ -416,7 +423,8 @@ fn cli_push_then_build_from_the_registry() {
     let registry = Registry::start(None);
     let host = registry.host.clone();
     let name = format!("{host}/cli/app:v1");
-    let digest = push_case(&[], &name);
+    let latest = format!("{host}/cli/app:latest");
+    let digest = push_case(&[], &[&name, &latest]);
 
     // skopeo sees the pushed image with that digest and the two new layers on the base.
     let raw = tool(
@@ -426,6 +434,13 @@ fn cli_push_then_build_from_the_registry() {
     )
     .unwrap_or_else(|e| panic!("skopeo inspect --raw: {e}"));
     assert_eq!(format!("sha256:{}", common::sha256_hex(&raw)), digest);
+    let raw_latest = tool(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw"])
+            .arg(format!("docker://{latest}")),
+    )
+    .unwrap_or_else(|e| panic!("skopeo inspect --raw {latest}: {e}"));
+    assert_eq!(raw_latest, raw, "both tags name the same manifest");
     let manifest: Value = serde_json::from_slice(&raw).expect("the manifest is JSON");
     let pushed_layers: Vec<String> = manifest["layers"]
         .as_array()
@@ -503,7 +518,7 @@ fn cli_registry_with_htpasswd() {
     let auth = tempfile::tempdir().expect("temporary directory");
     let good = auth_file(auth.path(), &host, "builder", "s3cret");
     let good_arg = good.display().to_string();
-    let digest = push_case(&["--authfile", &good_arg], &name);
+    let digest = push_case(&["--authfile", &good_arg], &[&name]);
 
     let pull = Build::case(GROUP, "pull");
     let base_arg = format!("BASE={name}");

@@ -5,6 +5,7 @@
 use anyhow::{anyhow, bail, Result};
 
 use super::steps::absolute;
+use crate::csv_fields::csv_fields;
 
 /// Where secrets are mounted when no target is given.
 const SECRETS_DIR: &str = "/run/secrets";
@@ -120,7 +121,7 @@ fn allowed(kind: &str) -> &'static [&'static str] {
 /// `workdir`, as BuildKit does.
 pub fn parse_mount(value: &str, workdir: &str) -> Result<MountSpec> {
     let mut fields: Vec<(String, Option<String>)> = Vec::new();
-    for field in split_fields(value)? {
+    for field in csv_fields(value)? {
         let (key, val) = match field.split_once('=') {
             Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.to_string())),
             None => (field.trim().to_ascii_lowercase(), None),
@@ -244,34 +245,6 @@ pub fn parse_mount(value: &str, workdir: &str) -> Result<MountSpec> {
         }
     };
     Ok(MountSpec { target, from, kind })
-}
-
-/// The fields of a mount value: comma-separated, with CSV quoting (`"a,b"`, `""` for a
-/// quote inside quotes), as BuildKit reads them.
-fn split_fields(value: &str) -> Result<Vec<String>> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = value.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    if quoted {
-        bail!("unterminated quote in {value:?}");
-    }
-    fields.push(cur);
-    Ok(fields
-        .into_iter()
-        .filter(|f| !f.trim().is_empty())
-        .collect())
 }
 
 /// The options of one mount, by their canonical names.

@@ -459,6 +459,25 @@ fn well_formed_hand_made_image_builds() {
 }
 
 #[test]
+fn layers_write_through_absolute_symlinks_inside_the_image() {
+    let test = "layers_write_through_absolute_symlinks_inside_the_image";
+    let Some(bb) = busybox(test) else {
+        return;
+    };
+    let b = Build::case(GROUP, "absolute-link");
+    let top = ArchiveLayer::of(&[
+        RawEntry::Dir("run".into()),
+        RawEntry::Dir("var".into()),
+        RawEntry::Symlink("var/run".into(), "/run".into()),
+        RawEntry::File("var/run/app.pid".into(), b"42\n".to_vec()),
+    ]);
+    assert!(load_evil(&b, &bb, &top, "var/run"), "the image loads");
+    let fs = b.build_ok(&["--pull=never"]).fs();
+    assert_eq!(file_content(&fs, "/seen").as_deref(), Some("42\n"));
+    assert_eq!(file_content(&fs, "/link").as_deref(), Some("/run\n"));
+}
+
+#[test]
 fn layer_with_dotdot_path_is_refused() {
     let outside = outside_dir();
     let deep = format!(

@@ -2,7 +2,9 @@
 //!
 //! Nothing is ever written outside the root: entries with absolute paths or `..`
 //! components are refused, and so is any entry that would be written through a symlink
-//! or hard link pointing outside the root. OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`)
+//! or hard link pointing outside the root. An absolute symlink names the image's own path
+//! (`var/run -> /run` is followed to the root's `run`), as inside a container; one whose
+//! path the image does not have counts as pointing outside. OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`)
 //! delete what lower layers put there.
 
 use std::collections::HashSet;
@@ -214,8 +216,10 @@ impl Applier<'_> {
     }
 
     /// Resolves a directory path of the layer inside the root, following symlinks that
-    /// stay inside it and refusing those that point out. With `create`, missing
-    /// directories are made (mode 0755).
+    /// stay inside it and refusing those that point out. An absolute symlink means the
+    /// image's own path (`var/run -> /run`), as in a container; when that path is not in
+    /// the image it is taken as pointing out. With `create`, missing directories are made
+    /// (mode 0755), but never behind an absolute symlink.
     fn resolve_dir(&mut self, rel: &Path, create: bool) -> Result<Option<PathBuf>> {
         let mut todo: Vec<PathBuf> = rel
             .components()
@@ -224,6 +228,8 @@ impl Applier<'_> {
             .collect();
         let mut done = PathBuf::new();
         let mut hops = 0;
+        // The last absolute symlink followed (its path and target), for refusals.
+        let mut absolute_link: Option<(PathBuf, PathBuf)> = None;
         while let Some(c) = todo.pop() {
             if c.as_os_str() == ".." {
                 if !done.pop() {
@@ -253,18 +259,24 @@ impl Applier<'_> {
                     }
                     let target = fs::read_link(&host)?;
                     if target.is_absolute() {
-                        bail!(
-                            "{} is a symlink to {} outside the root; refusing to write through it",
-                            done.join(&c).display(),
-                            target.display()
-                        );
+                        absolute_link = Some((done.join(&c), target.clone()));
+                        done = PathBuf::new();
                     }
                     for t in target.components().rev() {
-                        todo.push(PathBuf::from(t.as_os_str()));
+                        if !matches!(t, std::path::Component::RootDir) {
+                            todo.push(PathBuf::from(t.as_os_str()));
+                        }
                     }
                 }
                 Ok(_) => bail!("{} is not a directory", done.join(&c).display()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some((link, target)) = &absolute_link {
+                        bail!(
+                            "{} is a symlink to {}, which is not in the image: it points outside the root; refusing to write through it",
+                            link.display(),
+                            target.display()
+                        );
+                    }
                     if !create {
                         return Ok(None);
                     }
@@ -571,6 +583,35 @@ mod tests {
             assert_eq!(fs::read(&victim).unwrap(), b"original", "{name}");
             assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1, "{name}");
         }
+    }
+
+    #[test]
+    fn absolute_symlinks_mean_the_images_own_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir(&root).unwrap();
+        // As in Debian's images: /var/run -> /run; a later layer writes through it.
+        let base = tar_of(&[
+            (h("run", TarKind::Dir), b""),
+            (h("var", TarKind::Dir), b""),
+            (h("var/run", TarKind::Symlink("/run".into())), b""),
+        ]);
+        apply_layer(&base[..], &root, "sha256:base", &LAYER).unwrap();
+        let upper = tar_of(&[file("var/run/app.pid", b"42")]);
+        apply_layer(&upper[..], &root, "sha256:upper", &LAYER).unwrap();
+        assert_eq!(fs::read(root.join("run/app.pid")).unwrap(), b"42");
+        assert!(fs::symlink_metadata(root.join("var/run"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A directory the image does not have is not made behind an absolute link.
+        let missing = tar_of(&[file("var/run/sub/x", b"x")]);
+        let e = apply_layer(&missing[..], &root, "sha256:missing", &LAYER).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("which is not in the image"),
+            "{e:#}"
+        );
+        assert!(!root.join("run/sub").exists());
     }
 
     #[test]

@@ -31,7 +31,8 @@
 # Environment: RBUILD (default target/rbuild), REPS, SETTLE (seconds to wait after wiping a
 # cache, default 0: on ext4 creating files right after deleting many costs extra sys time),
 # COPY_MANY_SCALE (default 1; e.g. 0.1 for a quick try), PULL_LAYERS (default 6),
-# PULL_LAYER_MB (default 50), RUN_STEPS (default 20), RUN_USER (default rbuild-tester, when
+# PULL_LAYER_MB (default 50), RUN_STEPS (default 20), RUN_SNAPSHOTTER (walk or copy, default
+# walk), RUN_USER (default rbuild-tester, when
 # run as root), RUN_TIMEOUT (seconds per (ii) build, default 600). Missing tools (skopeo,
 # docker-registry, buildah, uidmap) are installed with apt-get when run as root. Results: _work/bench/results.md: the machine, then the latest
 # section of every benchmark (each in _work/bench/sections/NAME.md, dated): running one
@@ -564,6 +565,8 @@ bh_fail() { grep -v '^[[:space:]]*$' "$1" | tail -n 1 | cut -c1-200 | tr '|' '/'
 
 bench_run() {
     local B=$WORK/run n=${RUN_STEPS:-20} rootfs=$ROOT/testdata/generated/busybox/rootfs.tar
+    # RUN_SNAPSHOTTER=copy measures the copy snapshotter (default walk).
+    local SNAPSHOTTER=${RUN_SNAPSHOTTER:-walk}
     mkdir -p "$B/logs" || return 1
     if [ ! -f "$rootfs" ]; then
         log "run: no $rootfs: building the busybox base (scripts/make-busybox-base.sh)"
@@ -597,7 +600,7 @@ bench_run() {
     # start with SIGPIPE ignored, it never ends, so (ii) feeds head from a fifo instead
     # (the same bytes) and says why.
     local sigign sigpipe_note='' text_cmd='yes rbuild | head -c 104857600 > /text'
-    timeout 60 "${RUN_AS[@]}" "$T/rbuild" build --cache-dir "$T/cache" --progress plain \
+    timeout 60 "${RUN_AS[@]}" "$T/rbuild" build --snapshotter "$SNAPSHOTTER" --cache-dir "$T/cache" --progress plain \
         -f "$T/Dockerfile.probe" "$T/context" >"$B/logs/rbuild-probe.log" 2>&1 || log "run: the SigIgn probe failed"
     sigign=$(sed -n 's/.*SigIgn:[[:space:]]*\([0-9a-f]*\).*/\1/p' "$B/logs/rbuild-probe.log" | head -n 1)
     wipe "$T/cache"
@@ -630,11 +633,11 @@ bench_run() {
     for i in $(seq 1 "$REPS"); do
         log "run: (i) rbuild run $i/$REPS"
         wipe "$T/cache"
-        timed res -- "${RUN_AS[@]}" "$T/rbuild" build --cache-dir "$T/cache" --progress plain \
+        timed res -- "${RUN_AS[@]}" "$T/rbuild" build --snapshotter "$SNAPSHOTTER" --cache-dir "$T/cache" --progress plain \
             -f "$T/Dockerfile.base" "$T/context" >"$B/logs/rbuild-base-$i.log" 2>&1
         rbb+=("$res")
         wipe "$T/cache"
-        timed res -- "${RUN_AS[@]}" "$T/rbuild" build --cache-dir "$T/cache" --progress plain \
+        timed res -- "${RUN_AS[@]}" "$T/rbuild" build --snapshotter "$SNAPSHOTTER" --cache-dir "$T/cache" --progress plain \
             -f "$T/Dockerfile.steps" "$T/context" >"$B/logs/rbuild-steps-$i.log" 2>&1
         rbs+=("$res")
         if [ "${rbb[-1]}" = FAIL ] || [ "$res" = FAIL ]; then
@@ -669,7 +672,7 @@ bench_run() {
         log "run: (ii) rbuild run $i/$REPS"
         wipe "$T/cache"
         rm -f "$T/out-rbuild.tar"
-        timed res -- timeout -k 10 "$tmo" "${RUN_AS[@]}" "$T/rbuild" build --cache-dir "$T/cache" --progress plain \
+        timed res -- timeout -k 10 "$tmo" "${RUN_AS[@]}" "$T/rbuild" build --snapshotter "$SNAPSHOTTER" --cache-dir "$T/cache" --progress plain \
             -f "$T/Dockerfile.big" -o "type=oci,dest=$T/out-rbuild.tar" "$T/context" >"$B/logs/rbuild-big-$i.log" 2>&1
         if [ "$res" = FAIL ]; then
             log "run: (ii) rbuild run $i failed (${B#"$ROOT"/}/logs/rbuild-big-$i.log):"
@@ -715,7 +718,7 @@ bench_run() {
     le "$mr" 30 && met=yes
     [ ${#msr[@]} -gt 0 ] || met="no (rbuild failed)"
     [ -z "$nab" ] || na=n/a
-    echo "### run (i): per-step cost of \`RUN true\` ($n steps) on the busybox base, rootless, no output; $REPS runs, cold cache"
+    echo "### run (i): per-step cost of \`RUN true\` ($n steps) on the busybox base, rootless, no output, rbuild --snapshotter=$SNAPSHOTTER; $REPS runs, cold cache"
     echo
     echo "| | rbuild | buildah bud | ratio | target | met |"
     echo "|---|---:|---:|---:|---|---|"
@@ -734,7 +737,7 @@ bench_run() {
     if [ -n "$nab" ]; then echo "buildah: n/a: $nab"; fi
     echo
     # (ii)
-    table "run (ii): one RUN writing 200 MB (100 MB urandom + 100 MB text) on the busybox base, rootless, to an OCI archive; $REPS runs, cold cache" \
+    table "run (ii): one RUN writing 200 MB (100 MB urandom + 100 MB text) on the busybox base, rootless, to an OCI archive, rbuild --snapshotter=$SNAPSHOTTER; $REPS runs, cold cache" \
         "rbuild \`-o type=oci\`" "buildah bud + push \`oci-archive:\`" rbg bhg "$sa" "$sb" 0.7 "" "output MB" "$nab2"
     echo "Run as $RUN_WHO, in a directory it owns under /tmp; rbuild isolation:"
     echo "$("${RUN_AS[@]}" "$T/rbuild" info 2>/dev/null | sed -n 's/^isolation: *//p' | head -n 1) (\`rbuild info\`)."

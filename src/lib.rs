@@ -5,6 +5,7 @@
 
 pub mod cancel;
 pub mod cli;
+pub mod coarse_clock;
 pub mod context;
 pub mod csv_fields;
 pub mod dockerfile;

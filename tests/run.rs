@@ -1057,3 +1057,42 @@ fn run_mount_secrets_and_ssh_never_reach_the_image() {
     );
     assert!(b.leftover_temp_files().is_empty(), "temp files left");
 }
+
+#[test]
+fn generated_etc_files_are_per_step_and_never_in_a_layer() {
+    let test = "generated_etc_files_are_per_step_and_never_in_a_layer";
+    let Some(b) = prepared(test, "etc-files") else {
+        return;
+    };
+    let built = b.build_ok(&args(&[]));
+    let fs = built.fs();
+    let read = |p: &str| file_content(&fs, p).unwrap_or_default();
+    assert_eq!(read("/hostname-seen"), "rbuild\n");
+    assert_eq!(read("/etc-hostname-seen"), "rbuild\n");
+    let hosts = read("/hosts-seen");
+    assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
+    assert!(
+        !hosts.contains("changed-by-a-step"),
+        "a step's change to /etc/hosts reached the next step: {hosts}"
+    );
+    assert_eq!(
+        read("/resolv-none"),
+        "",
+        "--network=none has no name servers"
+    );
+    assert!(
+        !read("/dev-seen").contains(".etc"),
+        "the staging of the /etc files shows in /dev: {}",
+        read("/dev-seen")
+    );
+    for entry in built.layer_entries().iter().flatten() {
+        assert!(
+            !matches!(
+                entry.path.as_str(),
+                "etc/hosts" | "etc/hostname" | "etc/resolv.conf"
+            ),
+            "a layer holds {}",
+            entry.path
+        );
+    }
+}

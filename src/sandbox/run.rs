@@ -102,9 +102,14 @@ pub struct RunSpec<'a> {
     pub network: Network,
     /// Isolation mode.
     pub isolation: Isolation,
-    /// Files bind-mounted over `/etc/<name>` (hosts, hostname, resolv.conf), from a
-    /// directory outside the root.
-    pub etc_files: &'a [(String, PathBuf)],
+    /// Files bind-mounted over `/etc/<name>` (hosts, hostname, resolv.conf): name and
+    /// contents. They are made in the step's own `/dev` tmpfs, so they never touch the disk
+    /// and a step that changes one changes it for itself only.
+    pub etc_files: &'a [(String, String)],
+    /// The command starts only once the coarse clock is past this (see
+    /// [`crate::coarse_clock`]): the snapshot's record needs it, and the wait overlaps the
+    /// sandbox's setup.
+    pub start_after: Option<crate::coarse_clock::Stamp>,
     /// A script for a heredoc RUN with a shebang, made available at `/dev/pipes/<name>`.
     pub script: Option<(&'a str, &'a str)>,
     /// The compiled seccomp filter (None: no filter, e.g. `--security=insecure`).
@@ -482,21 +487,23 @@ fn setup_mounts(spec: &RunSpec<'_>) -> Result<()> {
         // Where a new sysfs is refused, the host's, read-only, if even that is allowed.
         let _ = bind(Path::new("/sys"), &sys, true);
     }
-    for (name, source) in spec.etc_files {
+    // The generated /etc files: written in /dev's tmpfs, bound, and unlinked again (the
+    // mounts keep them).
+    let staging = dev.join(".etc");
+    fs::create_dir(&staging)?;
+    for (name, contents) in spec.etc_files {
         let target = root.join("etc").join(name);
         // Only over a regular file (created by the caller if missing): a symlink there
         // could point anywhere on the host.
         if target.symlink_metadata().is_ok_and(|m| m.is_file()) {
-            mount(
-                Some(source.as_path()),
-                &target,
-                none,
-                MsFlags::MS_BIND,
-                none,
-            )
-            .with_context(|| format!("cannot bind /etc/{name}"))?;
+            let source = staging.join(name);
+            fs::write(&source, contents).with_context(|| format!("cannot write /etc/{name}"))?;
+            mount(Some(&source), &target, none, MsFlags::MS_BIND, none)
+                .with_context(|| format!("cannot bind /etc/{name}"))?;
+            fs::remove_file(&source)?;
         }
     }
+    fs::remove_dir(&staging)?;
     step_mounts(spec)?;
     nix::unistd::chdir(root)?;
     nix::unistd::pivot_root(".", ".").context("pivot_root")?;
@@ -628,6 +635,9 @@ fn exec_command(spec: &RunSpec<'_>, p: &Prepared, out: RawFd) -> anyhow::Error {
         }
         nix::unistd::chdir(p.cwd.as_c_str())
             .map_err(|e| anyhow!("cannot enter the working directory {}: {e}", spec.cwd))?;
+        if let Some(t) = spec.start_after {
+            crate::coarse_clock::wait_past(t);
+        }
         let e = nix::unistd::execve(&p.argv0, &p.argv, &p.env).unwrap_err();
         Err(anyhow!("exec {}: {e}", p.argv0.to_string_lossy()))
     })();
@@ -702,7 +712,7 @@ fn report(err: &OwnedFd, msg: &str) {
 }
 
 /// Paths the step's root must have as mount points: `(path, is_dir)`.
-pub fn mount_points(etc_files: &[(String, PathBuf)]) -> Vec<(String, bool)> {
+pub fn mount_points(etc_files: &[(String, String)]) -> Vec<(String, bool)> {
     let mut v: Vec<(String, bool)> = ["proc", "dev", "sys"]
         .iter()
         .map(|d| (d.to_string(), true))

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::{Content, EntryKind, LayerEntry, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::coarse_clock::{wait_past, Stamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Meta {
@@ -92,6 +93,15 @@ impl TreeState {
     /// Records `root`, then waits until the clock is past every ctime recorded, so that
     /// any later change gives a different ctime.
     pub fn capture(root: &Path) -> Result<TreeState> {
+        let (state, newest) = TreeState::capture_unsettled(root)?;
+        wait_past(newest);
+        Ok(state)
+    }
+
+    /// [`TreeState::capture`] without the wait: returns the newest ctime seen, and the
+    /// caller must let no change happen until the coarse clock is past it
+    /// ([`crate::coarse_clock::wait_past`]), e.g. right before the step's command starts.
+    pub fn capture_unsettled(root: &Path) -> Result<(TreeState, Stamp)> {
         let mut entries = HashMap::new();
         let mut newest = (0i64, 0i64);
         for e in walk(root) {
@@ -104,8 +114,7 @@ impl TreeState {
             newest = newest.max(m.ctime);
             entries.insert(rel, m);
         }
-        wait_past(newest);
-        Ok(TreeState { entries })
+        Ok((TreeState { entries }, newest))
     }
 
     /// The layer entries that turn the recorded tree into the tree now at `root`.
@@ -236,22 +245,6 @@ fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<LayerEntry> {
             super::xattr::kept(host)
         },
     })
-}
-
-/// Sleeps until the coarse real-time clock (what file timestamps come from) is past `t`.
-fn wait_past(t: (i64, i64)) {
-    for _ in 0..1000 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid pointer to a timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-        if (ts.tv_sec, ts.tv_nsec) > t {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
 }
 
 /// Paths created only to be mount points, removed again after the step.

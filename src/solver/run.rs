@@ -2,7 +2,7 @@
 //! made turned into layer entries.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -101,9 +101,10 @@ pub fn run_command(
     };
 
     let program = find_program(root, &step.argv, &environ)?;
-    let before = TreeState::capture(root)?;
+    // The wait for the clock to pass the record happens in the step, before its command.
+    let (before, settled) = TreeState::capture_unsettled(root)?;
     ensure_workdir(root, &cwd)?;
-    let etc = etc_files(scratch, network)?;
+    let etc = etc_files(network);
     let mut points = MountPoints::default();
     let made = (|| -> Result<PreparedMounts> {
         for (rel, dir) in mount_points(&etc) {
@@ -146,6 +147,7 @@ pub fn run_command(
         seccomp: Some(&env.seccomp),
         hostname: HOSTNAME,
         mounts: &mounts.mounts,
+        start_after: Some(settled),
     };
     let mut pending = Vec::new();
     let outcome = run(&spec, &env.cancel, |bytes| {
@@ -223,11 +225,8 @@ fn ensure_workdir(root: &Path, cwd: &str) -> Result<()> {
 }
 
 /// The generated /etc files, in the scratch directory (never in the step's root).
-fn etc_files(scratch: &Path, network: Network) -> Result<Vec<(String, PathBuf)>> {
-    let dir = tempfile::Builder::new()
-        .prefix("etc-")
-        .tempdir_in(scratch)?
-        .keep();
+/// The generated /etc files (name, contents), which the sandbox mounts over the image's.
+fn etc_files(network: Network) -> Vec<(String, String)> {
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{HOSTNAME}\n"
     );
@@ -235,15 +234,9 @@ fn etc_files(scratch: &Path, network: Network) -> Result<Vec<(String, PathBuf)>>
         Network::None => String::new(),
         Network::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
-    let mut out = Vec::new();
-    for (name, content) in [
-        ("hosts", hosts),
-        ("hostname", format!("{HOSTNAME}\n")),
-        ("resolv.conf", resolv),
-    ] {
-        let path = dir.join(name);
-        fs::write(&path, content).map_err(|e| anyhow!("cannot write /etc/{name}: {e}"))?;
-        out.push((name.to_string(), path));
-    }
-    Ok(out)
+    vec![
+        ("hosts".to_string(), hosts),
+        ("hostname".to_string(), format!("{HOSTNAME}\n")),
+        ("resolv.conf".to_string(), resolv),
+    ]
 }

@@ -678,6 +678,11 @@ fn chroot_isolation_runs_a_step() {
         Some(""),
         "the chroot isolation mounts no /proc (README), so the step saw an empty /proc"
     );
+    assert_eq!(
+        file_content(&fs, "/chroot-again").as_deref(),
+        Some("refused\n"),
+        "a step under the chroot isolation must not chroot again (the way out of a chroot)"
+    );
 }
 
 /// How a test gets rbuild into single-id mode here: as root, by running it as `nobody`
@@ -962,8 +967,14 @@ fn run_mounts_bind_cache_and_tmpfs() {
         "the same cache, by id, at another target"
     );
     assert_eq!(seen("tmpfs"), "1024\n", "a 1 MiB tmpfs");
+    assert_eq!(seen("nested"), "f\n", "a cache mounted inside the context");
+    assert_eq!(
+        seen("nested-parent"),
+        ".dockerignore\nprivate\nsrc\n",
+        "only the mount point shows of the ignored directory"
+    );
     let root_after = seen("root-after");
-    for target in ["ctx", "data", "src", "elsewhere", "scratch"] {
+    for target in ["ctx", "data", "src", "elsewhere", "scratch", "app"] {
         assert!(
             !root_after.lines().any(|l| l == target),
             "the mount point /{target} stayed in the root: {root_after}"
@@ -973,7 +984,7 @@ fn run_mounts_bind_cache_and_tmpfs() {
     for entry in built.layer_entries().iter().flatten() {
         let top = entry.path.split('/').next().unwrap_or_default();
         assert!(
-            !["ctx", "data", "src", "elsewhere", "scratch"].contains(&top)
+            !["ctx", "data", "src", "elsewhere", "scratch", "app"].contains(&top)
                 && !entry.path.starts_with("var/cache/counter"),
             "a layer holds {}",
             entry.path
@@ -1095,4 +1106,20 @@ fn generated_etc_files_are_per_step_and_never_in_a_layer() {
             entry.path
         );
     }
+}
+
+#[test]
+fn device_nodes_made_in_a_step_do_not_open() {
+    let test = "device_nodes_made_in_a_step_do_not_open";
+    let Some(b) = prepared(test, "devices") else {
+        return;
+    };
+    let fs = b.build_ok(&args(&[])).fs();
+    assert_eq!(file_content(&fs, "/in-root").as_deref(), Some("blocked\n"));
+    assert_eq!(file_content(&fs, "/in-dev").as_deref(), Some("blocked\n"));
+    assert_eq!(
+        file_content(&fs, "/dev-null-works").as_deref(),
+        Some("usable\n"),
+        "the devices rbuild binds still work"
+    );
 }

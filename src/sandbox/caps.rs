@@ -24,17 +24,20 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_SYS_CHROOT",
 ];
 
-fn default_set() -> Result<HashSet<Capability>> {
+/// The capabilities a step keeps: Docker's default set. Under the chroot isolation
+/// without CAP_SYS_CHROOT: a second chroot is how a process gets out of the first.
+fn step_set(chroot: bool) -> Result<HashSet<Capability>> {
     DEFAULT_CAPS
         .iter()
+        .filter(|c| !(chroot && **c == "CAP_SYS_CHROOT"))
         .map(|c| Capability::from_str(c).map_err(|e| anyhow!("{c}: {e}")))
         .collect()
 }
 
-/// Before the user change: cuts the bounding set to the default set and clears the
-/// ambient set, so no later exec can regain anything else.
-pub fn restrict_capabilities(_uid: u32) -> Result<()> {
-    let keep = default_set()?;
+/// Before the user change: cuts the bounding set to the step's set (see [`step_set`])
+/// and clears the ambient set, so no later exec can regain anything else.
+pub fn restrict_capabilities(chroot: bool) -> Result<()> {
+    let keep = step_set(chroot)?;
     for cap in caps::all() {
         if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
             caps::drop(None, CapSet::Bounding, cap)
@@ -45,11 +48,11 @@ pub fn restrict_capabilities(_uid: u32) -> Result<()> {
     Ok(())
 }
 
-/// After the user change: root keeps exactly the default set; other users keep none
+/// After the user change: root keeps exactly the step's set; other users keep none
 /// (the kernel already cleared them on setuid; the inheritable set is cleared too).
-pub fn finish_for_user(uid: u32) -> Result<()> {
+pub fn finish_for_user(uid: u32, chroot: bool) -> Result<()> {
     if uid == 0 {
-        let keep = default_set()?;
+        let keep = step_set(chroot)?;
         for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
             caps::set(None, set, &keep).map_err(|e| anyhow!("cannot set capabilities: {e}"))?;
         }

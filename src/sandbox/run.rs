@@ -284,7 +284,17 @@ impl Prepared {
         Ok(Prepared {
             argv0: cs(spec.program)?,
             argv,
-            env: spec.env.iter().map(|e| cs(e)).collect::<Result<_>>()?,
+            // Only the name: the value may be a secret.
+            env: spec
+                .env
+                .iter()
+                .map(|e| {
+                    CString::new(e.as_str()).map_err(|_| {
+                        let key = e.split('=').next().unwrap_or_default();
+                        anyhow!("NUL byte in the value of ${key}")
+                    })
+                })
+                .collect::<Result<_>>()?,
             cwd: cs(spec.cwd)?,
         })
     }
@@ -406,14 +416,9 @@ fn setup_mounts(spec: &RunSpec<'_>) -> Result<()> {
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .context("cannot make the mounts private")?;
-    mount(
-        Some(root),
-        root,
-        none,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        none,
-    )
-    .context("cannot bind the step's root")?;
+    // nosuid and nodev: with no device cgroup, a device node (made by a step running as
+    // real root, or shipped in a layer) must not open the host's devices.
+    bind(root, root, false).context("cannot bind the step's root")?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = root.join("proc");
     if mount(Some("proc"), &proc_dir, Some("proc"), nosuid, none).is_err() {
@@ -432,7 +437,8 @@ fn setup_mounts(spec: &RunSpec<'_>) -> Result<()> {
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        // The devices rbuild binds here are mounts of their own, so nodev spares them.
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )
     .context("cannot mount /dev")?;
@@ -512,31 +518,102 @@ fn setup_mounts(spec: &RunSpec<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The step's own mounts (`RUN --mount`), in order.
+/// The step's own mounts (`RUN --mount`), parents first. Each target is opened below the
+/// root without following any symlink (see [`open_beneath`]) and mounted on through its
+/// descriptor, so neither a symlink in the image nor one inside a mount above (a shared
+/// cache) can move a mount elsewhere.
 fn step_mounts(spec: &RunSpec<'_>) -> Result<()> {
+    let none: Option<&str> = None;
     for m in spec.mounts {
-        let target = spec.rootfs.join(&m.target);
-        match &m.source {
-            MountSource::Bind { path, readonly } => bind(path, &target, *readonly),
-            MountSource::Tmpfs { size } => {
-                let options = size.map(|s| format!("size={s}"));
-                mount(
-                    Some("tmpfs"),
-                    &target,
-                    Some("tmpfs"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    options.as_deref(),
-                )
-                .map_err(anyhow::Error::from)
+        let (is_dir, readonly) = match &m.source {
+            MountSource::Bind { path, readonly } => (path.is_dir(), *readonly),
+            MountSource::Tmpfs { .. } => (true, false),
+        };
+        let made = (|| -> Result<()> {
+            let fd = open_beneath(spec.rootfs, &m.target, is_dir)?;
+            let at = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            match &m.source {
+                MountSource::Bind { path, .. } => mount(
+                    Some(path.as_path()),
+                    at.as_str(),
+                    none,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    none,
+                )?,
+                MountSource::Tmpfs { size } => {
+                    let options = size.map(|s| format!("size={s}"));
+                    mount(
+                        Some("tmpfs"),
+                        at.as_str(),
+                        Some("tmpfs"),
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                        options.as_deref(),
+                    )?
+                }
             }
-        }
-        .with_context(|| format!("cannot mount /{}", m.target))?;
+            restrict(&spec.rootfs.join(&m.target), readonly)
+        })();
+        made.with_context(|| format!("cannot mount /{}", m.target))?;
     }
     Ok(())
 }
 
-/// Binds `source` at `target` (recursively); read-only if asked, keeping the flags the
-/// kernel locked on the original (a read-only remount may not drop them).
+/// Opens `rel` below `root` as an `O_PATH` descriptor, refusing a symlink anywhere on the
+/// way. A missing last component (hidden by a mount made above it) is made there: a
+/// directory, or an empty file when `dir` is false; that fails on a read-only mount.
+fn open_beneath(root: &Path, rel: &str, dir: bool) -> Result<OwnedFd> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let path_flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut cur: OwnedFd = nix::fcntl::open(root, path_flags | OFlag::O_DIRECTORY, Mode::empty())?;
+    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+    for (i, c) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let next = match openat(&cur, *c, path_flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOENT) if last => {
+                if dir {
+                    nix::sys::stat::mkdirat(&cur, *c, Mode::from_bits_truncate(0o755))?;
+                } else {
+                    let made = openat(
+                        &cur,
+                        *c,
+                        OFlag::O_WRONLY
+                            | OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o644),
+                    )?;
+                    drop(made);
+                }
+                openat(&cur, *c, path_flags, Mode::empty())?
+            }
+            Err(nix::errno::Errno::ENOENT) => {
+                bail!(
+                    "/{} does not exist below the mounts above it",
+                    comps[..=i].join("/")
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let st = nix::sys::stat::fstat(&next)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFLNK {
+            bail!(
+                "/{} is a symlink; refusing to mount through it",
+                comps[..=i].join("/")
+            );
+        }
+        if !last && kind != libc::S_IFDIR {
+            bail!("/{} is not a directory", comps[..=i].join("/"));
+        }
+        cur = next;
+    }
+    Ok(cur)
+}
+
+/// Binds `source` at `target` (recursively), with [`restrict`]'s flags.
 fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
     let none: Option<&str> = None;
     mount(
@@ -546,22 +623,66 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         none,
     )?;
-    if readonly {
-        let locked = nix::sys::statvfs::statvfs(source)
-            .map(|s| s.flags())
-            .unwrap_or(nix::sys::statvfs::FsFlags::empty());
-        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        for (fs_flag, ms_flag) in [
-            (nix::sys::statvfs::FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-            (nix::sys::statvfs::FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-            (nix::sys::statvfs::FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        ] {
-            if locked.contains(fs_flag) {
-                flags |= ms_flag;
-            }
-        }
-        mount(none, target, none, flags, none).context("cannot make the mount read-only")?;
+    restrict(target, readonly)
+}
+
+/// `mount_setattr(2)`'s argument.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// Makes the mount at `target` and every mount below it nosuid and nodev, and read-only
+/// if asked (`mount_setattr` with `AT_RECURSIVE`). Kernels before 5.12 get a remount of
+/// the top mount only, keeping the flags the kernel locked on it.
+fn restrict(target: &Path, readonly: bool) -> Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_NOSUID
+            | MOUNT_ATTR_NODEV
+            | if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let c = CString::new(target.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a NUL-terminated path and a mount_attr of the size given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
     }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(e).context("cannot set the mount's flags");
+    }
+    let locked = nix::sys::statvfs::statvfs(target)
+        .map(|s| s.flags())
+        .unwrap_or(nix::sys::statvfs::FsFlags::empty());
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if readonly || locked.contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if locked.contains(nix::sys::statvfs::FsFlags::ST_NOEXEC) {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    let none: Option<&str> = None;
+    mount(none, target, none, flags, none).context("cannot set the mount's flags")?;
     Ok(())
 }
 
@@ -620,12 +741,13 @@ fn exec_command(spec: &RunSpec<'_>, p: &Prepared, out: RawFd) -> anyhow::Error {
                 return Err(anyhow!("setgroups: {e}"));
             }
         }
-        restrict_capabilities(u.uid)?;
+        let chroot = spec.isolation == Isolation::Chroot;
+        restrict_capabilities(chroot)?;
         let gid = nix::unistd::Gid::from_raw(u.gid);
         nix::unistd::setresgid(gid, gid, gid).map_err(|e| anyhow!("setgid {}: {e}", u.gid))?;
         let uid = nix::unistd::Uid::from_raw(u.uid);
         nix::unistd::setresuid(uid, uid, uid).map_err(|e| anyhow!("setuid {}: {e}", u.uid))?;
-        super::caps::finish_for_user(u.uid)?;
+        super::caps::finish_for_user(u.uid, chroot)?;
         // SAFETY: plain prctl.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             bail!("cannot set no_new_privs");

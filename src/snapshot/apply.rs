@@ -96,8 +96,12 @@ impl Applier<'_> {
                     }
                 }
             } else {
-                let gone = OsStr::from_bytes(&name_bytes[WHITEOUT_PREFIX.len()..]);
-                let target = parent.join(gone);
+                let gone = &name_bytes[WHITEOUT_PREFIX.len()..];
+                // `.wh.`, `.wh..` and `.wh...` would name the directory itself or its parent.
+                if gone.is_empty() || gone == b"." || gone == b".." || gone.contains(&b'/') {
+                    bail!("whiteout {:?} names no entry; refusing it", name);
+                }
+                let target = parent.join(OsStr::from_bytes(gone));
                 if target.symlink_metadata().is_ok() {
                     remove_all(&target)?;
                 }
@@ -574,6 +578,16 @@ mod tests {
                 "hardlink-traversal",
                 raw_tar(b"hl2", tar::EntryType::Link, Some(b"../victim"), b""),
             ),
+            // A whiteout of "..": would remove the root's parent, victim included.
+            (
+                "whiteout-of-parent",
+                raw_tar(b".wh...", tar::EntryType::Regular, None, b""),
+            ),
+            ("whiteout-of-self", {
+                let mut t = raw_tar(b"d", tar::EntryType::Directory, None, b"");
+                t.extend(raw_tar(b"d/.wh..", tar::EntryType::Regular, None, b""));
+                t
+            }),
         ];
         for (name, layer) in cases {
             let err = apply_layer(&layer[..], &root, "sha256:bad", &LAYER)

@@ -174,6 +174,9 @@ impl Copier {
         let is_link = meta.file_type().is_symlink();
         match std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid())) {
             Ok(()) => {}
+            // An owner with no id in this user namespace (the overflow id) cannot be
+            // given; unprivileged, no other owner can.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) if !self.privileged && e.kind() == io::ErrorKind::PermissionDenied => {}
             Err(e) => return Err(e.into()),
         }

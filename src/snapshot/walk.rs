@@ -248,78 +248,129 @@ fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<LayerEntry> {
 }
 
 /// Paths created only to be mount points, removed again after the step.
+///
+/// The step may have changed anything by then, so removal trusts no path: an entry goes
+/// only if it is still the very inode made here (same device and inode number), reached
+/// without a symlink on the way, and empty; nothing is removed recursively. A directory
+/// the step put files in stays, and its contents are the step's.
 #[derive(Debug, Default)]
 pub struct MountPoints {
-    created: Vec<(PathBuf, Option<(PathBuf, filetime::FileTime)>)>,
+    made: Vec<Made>,
+}
+
+/// One path [`MountPoints::ensure`] made, and its parent's times to restore.
+#[derive(Debug)]
+struct Made {
+    root: PathBuf,
+    path: PathBuf,
+    id: (u64, u64),
+    dir: bool,
+    parent: PathBuf,
+    parent_id: (u64, u64),
+    parent_times: (filetime::FileTime, filetime::FileTime),
+}
+
+fn id_of(m: &fs::Metadata) -> (u64, u64) {
+    (m.dev(), m.ino())
+}
+
+/// Whether `path` (below `root`) is reached from `root` through real directories only,
+/// and is not a symlink itself.
+fn plain_path(root: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return false;
+    };
+    let mut cur = root.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => return false,
+            Ok(m) if i + 1 < comps.len() && !m.is_dir() => return false,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 impl MountPoints {
-    /// Makes `rel` (a directory or an empty file) inside `root` if it is missing,
-    /// remembering the parent's mtime to restore. Returns the host path.
+    /// Makes `rel` (a directory or an empty file) inside `root` if it is missing, with
+    /// the missing directories above it. `rel` must be resolved already: a symlink on the
+    /// way is an error. Returns the host path.
     pub fn ensure(&mut self, root: &Path, rel: &str, dir: bool) -> Result<PathBuf> {
-        let path = root.join(rel);
-        if path.symlink_metadata().is_ok() {
-            return Ok(path);
-        }
-        let mut parts = Vec::new();
-        let mut cur = path.clone();
-        while cur.symlink_metadata().is_err() {
-            parts.push(cur.clone());
-            if !cur.pop() {
-                break;
+        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        let mut cur = root.to_path_buf();
+        for (i, c) in comps.iter().enumerate() {
+            let parent = cur.clone();
+            cur.push(c);
+            let last = i + 1 == comps.len();
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    anyhow::bail!("/{} is a symlink; a mount point cannot be made there", rel)
+                }
+                Ok(m) if !last && !m.is_dir() => {
+                    anyhow::bail!("/{}: {} is not a directory", rel, cur.display())
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let pm = fs::symlink_metadata(&parent)?;
+                    let parent_times = (
+                        filetime::FileTime::from_last_access_time(&pm),
+                        filetime::FileTime::from_last_modification_time(&pm),
+                    );
+                    let is_dir = !last || dir;
+                    if is_dir {
+                        fs::create_dir(&cur)?;
+                    } else {
+                        fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&cur)?;
+                    }
+                    let m = fs::symlink_metadata(&cur)?;
+                    self.made.push(Made {
+                        root: root.to_path_buf(),
+                        path: cur.clone(),
+                        id: id_of(&m),
+                        dir: is_dir,
+                        parent,
+                        parent_id: id_of(&pm),
+                        parent_times,
+                    });
+                }
             }
         }
-        let parent_time = fs::metadata(&cur).ok().map(|m| {
-            (
-                cur.clone(),
-                filetime::FileTime::from_last_modification_time(&m),
-            )
-        });
-        for (i, p) in parts.iter().rev().enumerate() {
-            let is_last = i + 1 == parts.len();
-            if is_last && !dir {
-                fs::File::create(p)?;
-            } else {
-                fs::create_dir(p)?;
-            }
-        }
-        if let Some(top) = parts.last() {
-            self.created.push((top.clone(), parent_time));
-        }
-        Ok(path)
+        Ok(cur)
     }
 
-    /// Removes what [`MountPoints::ensure`] made (if still empty) and restores the
-    /// parents' mtimes.
+    /// Removes what [`MountPoints::ensure`] made, deepest first, where it is still what
+    /// was made and empty, and restores the parents' times.
     pub fn remove(self) {
-        for (p, parent) in self.created.into_iter().rev() {
-            let removed = if p.is_dir() {
-                remove_empty_tree(&p)
-            } else {
-                fs::metadata(&p).is_ok_and(|m| m.len() == 0) && fs::remove_file(&p).is_ok()
+        for m in self.made.into_iter().rev() {
+            if !plain_path(&m.root, &m.path) {
+                continue;
+            }
+            let Ok(now) = fs::symlink_metadata(&m.path) else {
+                continue;
             };
-            if let (true, Some((dir, t))) = (removed, parent) {
-                let _ = filetime::set_file_mtime(dir, t);
+            if id_of(&now) != m.id || now.is_dir() != m.dir {
+                continue;
+            }
+            let removed = if m.dir {
+                fs::remove_dir(&m.path).is_ok()
+            } else {
+                now.is_file() && now.len() == 0 && fs::remove_file(&m.path).is_ok()
+            };
+            let parent_still = (m.parent == m.root || plain_path(&m.root, &m.parent))
+                && fs::symlink_metadata(&m.parent)
+                    .is_ok_and(|p| p.is_dir() && id_of(&p) == m.parent_id);
+            if removed && parent_still {
+                let _ =
+                    filetime::set_symlink_file_times(&m.parent, m.parent_times.0, m.parent_times.1);
             }
         }
     }
-}
-
-fn remove_empty_tree(p: &Path) -> bool {
-    if let Ok(rd) = fs::read_dir(p) {
-        for e in rd.flatten() {
-            let ep = e.path();
-            let ok = if ep.is_dir() {
-                remove_empty_tree(&ep)
-            } else {
-                fs::metadata(&ep).is_ok_and(|m| m.len() == 0) && fs::remove_file(&ep).is_ok()
-            };
-            if !ok {
-                return false;
-            }
-        }
-    }
-    fs::remove_dir(p).is_ok()
 }
 
 #[cfg(test)]
@@ -331,6 +382,50 @@ mod tests {
         let mut p: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
         p.sort();
         p
+    }
+
+    #[test]
+    fn mount_points_go_without_touching_anything_else() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, outside) = (t.path().join("root"), t.path().join("outside"));
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(outside.join("t")).unwrap();
+        fs::write(outside.join("f"), "").unwrap();
+        let old = filetime::FileTime::from_unix_time(1_000_000, 0);
+        filetime::set_file_times(&root, old, old).unwrap();
+
+        // Made and removed: the root's mtime is as it was.
+        let mut points = MountPoints::default();
+        points.ensure(&root, "new/deep/t", true).unwrap();
+        points.ensure(&root, "etc/hosts", false).unwrap();
+        assert!(root.join("new/deep/t").is_dir() && root.join("etc/hosts").is_file());
+        points.remove();
+        assert!(!root.join("new").exists() && !root.join("etc/hosts").exists());
+        let m = fs::metadata(&root).unwrap();
+        assert_eq!(filetime::FileTime::from_last_modification_time(&m), old);
+
+        // The step replaced a made directory with a symlink out: nothing outside goes.
+        let mut points = MountPoints::default();
+        points.ensure(&root, "x/t", true).unwrap();
+        points.ensure(&root, "x/f", false).unwrap();
+        fs::remove_dir(root.join("x/t")).unwrap();
+        fs::remove_file(root.join("x/f")).unwrap();
+        fs::remove_dir(root.join("x")).unwrap();
+        symlink(&outside, root.join("x")).unwrap();
+        points.remove();
+        assert!(outside.join("t").is_dir() && outside.join("f").is_file());
+
+        // What the step made inside a made directory stays, with the directory.
+        let mut points = MountPoints::default();
+        points.ensure(&root, "out/m", true).unwrap();
+        fs::write(root.join("out/__init__.py"), "").unwrap();
+        points.remove();
+        assert!(root.join("out/__init__.py").is_file());
+        assert!(!root.join("out/m").exists());
+
+        // A symlink on the way is refused.
+        let mut points = MountPoints::default();
+        assert!(points.ensure(&root, "x/y", true).is_err());
     }
 
     #[test]

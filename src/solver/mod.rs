@@ -362,7 +362,10 @@ fn run_step(
                     None => None,
                     Some(from) => Some(match from_root(inp, others, from)? {
                         None => MountFrom::Context(inp.context),
-                        Some(FromRoot::Dir(d) | FromRoot::Filesystem(d)) => MountFrom::Root(d),
+                        Some(FromRoot::Dir(d)) => {
+                            MountFrom::Named(BuildContext::from_dir(&d, None)?)
+                        }
+                        Some(FromRoot::Filesystem(d)) => MountFrom::Root(d),
                     }),
                 });
             }

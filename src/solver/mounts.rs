@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::rootfs::{resolve_in_root, FileKind};
+use crate::cancel::Cancel;
 use crate::context::{BuildContext, EntryKind};
 use crate::plan::mounts::{MountKind, Sharing};
 use crate::plan::steps::RunMount;
@@ -39,13 +40,26 @@ pub struct MountInputs {
     pub ssh: BTreeMap<String, PathBuf>,
 }
 
-/// What a mount reads from, found by the solver: the build context, or the root
-/// directory of a stage, an image or a named context.
+/// What a mount reads from, found by the solver: the build context or a named context
+/// directory (their `.dockerignore` applies), or the root of a stage or an image.
 pub enum MountFrom<'a> {
-    /// The build context (`.dockerignore` applies).
+    /// The build context.
     Context(&'a BuildContext),
+    /// A named context directory (`--build-context NAME=DIR`).
+    Named(BuildContext),
     /// A directory tree read as it is.
     Root(PathBuf),
+}
+
+impl MountFrom<'_> {
+    /// The context (build or named) this reads from, if it is one.
+    fn context(&self) -> Option<&BuildContext> {
+        match self {
+            MountFrom::Context(c) => Some(c),
+            MountFrom::Named(c) => Some(c),
+            MountFrom::Root(_) => None,
+        }
+    }
 }
 
 /// A step's mounts, ready for the sandbox.
@@ -64,6 +78,7 @@ pub struct PreparedMounts {
 
 /// Prepares the mounts of a step whose root is `root`; `from` has the source of each
 /// mount that reads from one (in order). Mount points are recorded in `points`.
+#[allow(clippy::too_many_arguments)]
 pub fn prepare(
     mounts: &[RunMount],
     from: Vec<Option<MountFrom<'_>>>,
@@ -71,19 +86,56 @@ pub fn prepare(
     store: &Store,
     root: &Path,
     scratch: &Path,
+    cancel: &Cancel,
     points: &mut MountPoints,
 ) -> Result<PreparedMounts> {
     let mut out = PreparedMounts::default();
     let mut order: Vec<(usize, StepMount)> = Vec::new();
-    for (m, from) in mounts.iter().zip(from) {
+    let mut locks: BTreeMap<PathBuf, Sharing> = BTreeMap::new();
+    for (i, (m, from)) in mounts.iter().zip(from).enumerate() {
         let spec = &m.spec;
         let what = spec.target.clone().unwrap_or_default();
-        let made = prepare_one(m, from, inputs, store, scratch, &mut out)
+        // The mount points other mounts need inside this one (relative to its target).
+        let children: Vec<(String, bool)> = match &spec.target {
+            Some(t) => mounts
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .filter_map(|(_, c)| {
+                    let below = c.spec.target.as_deref()?.strip_prefix(t.as_str())?;
+                    let below = below.strip_prefix('/')?;
+                    let dir = !matches!(
+                        c.spec.kind,
+                        MountKind::Secret { .. } | MountKind::Ssh { .. }
+                    );
+                    Some((below.to_string(), dir))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let step = StepContext {
+            inputs,
+            store,
+            scratch,
+            cancel,
+        };
+        let made = prepare_one(m, from, &children, &step, &mut locks, &mut out)
             .with_context(|| format!("mount at {what}"))?;
         let (Some(target), Some((source, is_dir))) = (&spec.target, made) else {
             continue;
         };
         let resolved = resolve_in_root(root, target, true)?;
+        // The target as the image resolves it, not only as written.
+        let first = resolved.rel.split('/').next().unwrap_or("");
+        if resolved.rel.is_empty() {
+            bail!("mount at {target}: it is the root directory of the image");
+        }
+        if matches!(first, "proc" | "dev" | "sys") {
+            bail!(
+                "mount at {target}: /{} belongs to the sandbox",
+                resolved.rel
+            );
+        }
         match (resolved.kind, is_dir) {
             (Some(FileKind::Dir), false) => {
                 bail!("cannot mount a file over the directory {target}")
@@ -109,20 +161,30 @@ pub fn prepare(
     Ok(out)
 }
 
+/// What every mount of a step may use.
+struct StepContext<'a> {
+    inputs: &'a MountInputs,
+    store: &'a Store,
+    scratch: &'a Path,
+    cancel: &'a Cancel,
+}
+
 /// One mount: what to mount and whether it is a directory (None: nothing to mount, e.g. a
-/// secret only given as a variable, or an optional one not given).
+/// secret only given as a variable, or an optional one not given). `children` are the
+/// mount points other mounts need inside this one; `locks` the caches this step holds.
 fn prepare_one(
     m: &RunMount,
     from: Option<MountFrom<'_>>,
-    inputs: &MountInputs,
-    store: &Store,
-    scratch: &Path,
+    children: &[(String, bool)],
+    step: &StepContext<'_>,
+    locks: &mut BTreeMap<PathBuf, Sharing>,
     out: &mut PreparedMounts,
 ) -> Result<Option<(MountSource, bool)>> {
+    let (inputs, store) = (step.inputs, step.store);
     let throwaway = |out: &mut PreparedMounts, prefix: &str| -> Result<PathBuf> {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
-            .tempdir_in(scratch)?;
+            .tempdir_in(step.scratch)?;
         let path = dir.path().to_path_buf();
         out._dirs.push(dir);
         Ok(path)
@@ -131,18 +193,26 @@ fn prepare_one(
         MountKind::Bind { source, readwrite } => {
             let from = from.ok_or_else(|| anyhow!("a bind mount needs a source"))?;
             let (path, is_dir, filtered) = source_path(&from, source)?;
-            if *readwrite || filtered {
+            // Mount points for mounts inside this one must exist in what is mounted.
+            let missing_points = is_dir
+                && children
+                    .iter()
+                    .any(|(rel, _)| fs::symlink_metadata(path.join(rel)).is_err());
+            if *readwrite || filtered || missing_points {
                 // A writable bind gets a copy, its changes thrown away after the step; a
                 // context directory with ignored files below gets a copy without them.
                 let copy = throwaway(out, "bind-")?.join("tree");
-                match (&from, filtered) {
-                    (MountFrom::Context(ctx), true) => copy_context_dir(ctx, source, &copy)?,
+                match from.context() {
+                    Some(ctx) if filtered => copy_context_dir(ctx, source, &copy)?,
                     _ if is_dir => {
                         copy_tree(&path, &copy)?;
                     }
                     _ => {
                         fs::copy(&path, &copy)?;
                     }
+                }
+                if is_dir {
+                    make_mount_points(&copy, children)?;
                 }
                 let readonly = !*readwrite;
                 return Ok(Some((
@@ -171,21 +241,33 @@ fn prepare_one(
             gid,
         } => {
             let dir = store.cache_mount_dir(id);
-            let lock = lock_cache(&dir, *sharing)?;
-            let path = match lock {
-                Some(lock) => {
-                    out._locks.push(lock);
-                    if !dir.is_dir() {
-                        create_cache(&dir, from.as_ref(), source, *mode, *uid, *gid)?;
+            // The same cache twice in one step shares the first mount's lock.
+            let usable = match locks.get(&dir) {
+                Some(Sharing::Shared) if *sharing == Sharing::Locked => bail!(
+                    "cache {id:?} is mounted twice in this step, shared and locked; use one sharing mode"
+                ),
+                Some(_) => true,
+                None => match lock_cache(&dir, *sharing, step.cancel)? {
+                    Some(lock) => {
+                        out._locks.push(lock);
+                        locks.insert(dir.clone(), *sharing);
+                        true
                     }
-                    dir
+                    // `sharing=private` and another build has it.
+                    None => false,
+                },
+            };
+            let seed = from.as_ref();
+            let path = if usable {
+                if !dir.is_dir() {
+                    create_cache(&dir, seed, source, *mode, *uid, *gid)?;
                 }
-                // `sharing=private` and another build has it: an empty one of our own.
-                None => {
-                    let own = throwaway(out, "cache-")?.join("cache");
-                    create_cache(&own, from.as_ref(), source, *mode, *uid, *gid)?;
-                    own
-                }
+                dir
+            } else {
+                // An empty one of our own, gone after the step.
+                let own = throwaway(out, "cache-")?.join("cache");
+                create_cache(&own, seed, source, *mode, *uid, *gid)?;
+                own
             };
             Ok(Some((
                 MountSource::Bind {
@@ -266,7 +348,8 @@ fn prepare_one(
 /// whether it is a context directory with ignored entries below (which must not show).
 fn source_path(from: &MountFrom<'_>, source: &str) -> Result<(PathBuf, bool, bool)> {
     match from {
-        MountFrom::Context(ctx) => {
+        MountFrom::Context(_) | MountFrom::Named(_) => {
+            let ctx = from.context().expect("a context");
             let found = ctx.resolve(if source.is_empty() { "." } else { source })?;
             let [m] = found.as_slice() else {
                 bail!("source {source:?} matches more than one path");
@@ -308,7 +391,7 @@ fn copy_context_dir(ctx: &BuildContext, source: &str, to: &Path) -> Result<()> {
 
 /// Locks a cache directory for this step (the lock file sits beside it): shared for
 /// `shared`, exclusive (waiting) for `locked`; for `private`, exclusive if free, else None.
-fn lock_cache(dir: &Path, sharing: Sharing) -> Result<Option<File>> {
+fn lock_cache(dir: &Path, sharing: Sharing, cancel: &Cancel) -> Result<Option<File>> {
     let parent = dir
         .parent()
         .ok_or_else(|| anyhow!("cache mount without a parent"))?;
@@ -323,21 +406,50 @@ fn lock_cache(dir: &Path, sharing: Sharing) -> Result<Option<File>> {
         .context("cannot open the cache mount's lock")?;
     let op = match sharing {
         Sharing::Shared => libc::LOCK_SH,
-        Sharing::Locked => libc::LOCK_EX,
-        Sharing::Private => libc::LOCK_EX | libc::LOCK_NB,
+        Sharing::Locked | Sharing::Private => libc::LOCK_EX,
     };
+    // Not blocking in flock: a wait for another build must still end on Ctrl-C.
     loop {
         // SAFETY: flock on an open descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
             return Ok(Some(file));
         }
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
+            Some(libc::EINTR) => {}
             Some(libc::EWOULDBLOCK) if sharing == Sharing::Private => return Ok(None),
+            Some(libc::EWOULDBLOCK) => {
+                if cancel.requested() {
+                    bail!("cancelled while waiting for another build to release the cache");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             _ => return Err(e).context("cannot lock the cache mount"),
         }
     }
+}
+
+/// Makes the mount points `children` (relative paths; directories, or files when false)
+/// inside a copy that will be mounted read-only.
+fn make_mount_points(copy: &Path, children: &[(String, bool)]) -> Result<()> {
+    for (rel, dir) in children {
+        let mut cur = copy.to_path_buf();
+        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        for (i, c) in comps.iter().enumerate() {
+            cur.push(c);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    bail!("{rel} in the mounted tree is a symlink; cannot mount there")
+                }
+                Ok(_) => {}
+                Err(_) if i + 1 == comps.len() && !dir => {
+                    File::create(&cur)?;
+                }
+                Err(_) => fs::create_dir(&cur)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Makes a new cache directory (under a temporary name, then renamed, so a crash leaves no
@@ -363,7 +475,13 @@ fn create_cache(
             if !is_dir {
                 bail!("the cache's source {source:?} is not a directory");
             }
-            copy_tree(&path, &made)?;
+            match from.context() {
+                // A context as the build may see it: without what .dockerignore excludes.
+                Some(ctx) => copy_context_dir(ctx, source, &made)?,
+                None => {
+                    copy_tree(&path, &made)?;
+                }
+            }
         }
         None => fs::create_dir(&made)?,
     }

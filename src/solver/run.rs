@@ -117,6 +117,7 @@ pub fn run_command(
             inputs.store,
             root,
             scratch,
+            &env.cancel,
             &mut points,
         )
     })();
@@ -127,7 +128,12 @@ pub fn run_command(
             return Err(e);
         }
     };
-    environ.extend(mounts.env.iter().cloned());
+    // Mount variables (SSH_AUTH_SOCK, secrets as env=) win over the image's.
+    for var in &mounts.env {
+        let key = var.split('=').next().unwrap_or_default();
+        environ.retain(|e| e.split('=').next() != Some(key));
+        environ.push(var.clone());
+    }
     let creds = Credentials {
         uid: user.uid,
         gid: user.gid,

@@ -112,7 +112,8 @@ fn allowed(kind: &str) -> &'static [&'static str] {
         ],
         "tmpfs" => &["target", "size"],
         "secret" => &["target", "id", "env", "required", "mode", "uid", "gid"],
-        "ssh" => &["target", "id", "required", "mode", "uid", "gid"],
+        // The agent's own socket is bound: its mode and owner are the host's.
+        "ssh" => &["target", "id", "required"],
         _ => &[],
     }
 }
@@ -451,5 +452,6 @@ mod tests {
         assert!(err("type=tmpfs,target=/t,from=x").contains("unexpected key"));
         assert!(err(r#"target="/x"#).contains("unterminated quote"));
         assert!(err("target=/x,target=/y").contains("given twice"));
+        assert!(err("type=ssh,uid=1000").contains("unexpected key \"uid\""));
     }
 }

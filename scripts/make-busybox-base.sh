@@ -14,7 +14,8 @@
 # nogroup), /tmp 1777, /root 0700, dev proc sys home var; every entry owned 0:0.
 # Reproducible: fixed SOURCE_DATE_EPOCH, so a rebuild gives the same digest.
 #
-# Outputs newer than this script and the busybox binary are kept (--force rebuilds).
+# Outputs newer than this script, the busybox binary and rbuild itself are kept (--force
+# rebuilds): another rbuild may compress the same layer into other bytes.
 # Works as root or as any user. Environment: RBUILD (default target/rbuild).
 # Exit codes: 0 ok, 1 failure, 2 busybox-static (or `file`) missing / usage.
 set -euo pipefail
@@ -74,7 +75,8 @@ OUTPUTS=("$OUT/busybox-oci.tar" "$OUT/busybox-layout/index.json" "$OUT/busybox-d
 if [ $FORCE = 0 ]; then
     fresh=1
     for f in "${OUTPUTS[@]}"; do
-        if [ ! -e "$f" ] || [ ! "$f" -nt "$SELF" ] || [ ! "$f" -nt "$(readlink -f "$BB")" ]; then
+        if [ ! -e "$f" ] || [ ! "$f" -nt "$SELF" ] || [ ! "$f" -nt "$(readlink -f "$BB")" ] ||
+            { [ -e "$RBUILD" ] && [ ! "$f" -nt "$RBUILD" ]; }; then
             fresh=0
             break
         fi

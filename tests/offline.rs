@@ -470,6 +470,11 @@ fn layers_write_through_absolute_symlinks_inside_the_image() {
         RawEntry::Dir("var".into()),
         RawEntry::Symlink("var/run".into(), "/run".into()),
         RawEntry::File("var/run/app.pid".into(), b"42\n".to_vec()),
+        // As in images made with systemd-resolved: RUN still gets its generated one.
+        RawEntry::Symlink(
+            "etc/resolv.conf".into(),
+            "../run/systemd/resolve/stub-resolv.conf".into(),
+        ),
     ]);
     assert!(load_evil(&b, &bb, &top, "var/run"), "the image loads");
     let fs = b.build_ok(&["--pull=never"]).fs();

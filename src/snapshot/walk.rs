@@ -296,8 +296,9 @@ fn plain_path(root: &Path, path: &Path) -> bool {
 
 impl MountPoints {
     /// Makes `rel` (a directory or an empty file) inside `root` if it is missing, with
-    /// the missing directories above it. `rel` must be resolved already: a symlink on the
-    /// way is an error. Returns the host path.
+    /// the missing directories above it; an existing entry, of any kind, is left as it is.
+    /// `rel` must be resolved already: a symlink on the way is an error. Returns the host
+    /// path.
     pub fn ensure(&mut self, root: &Path, rel: &str, dir: bool) -> Result<PathBuf> {
         let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
         let mut cur = root.to_path_buf();
@@ -306,10 +307,16 @@ impl MountPoints {
             cur.push(c);
             let last = i + 1 == comps.len();
             match fs::symlink_metadata(&cur) {
+                // Whatever is there already is left to the caller (the sandbox binds over
+                // regular files only), but nothing is made behind a symlink.
+                Ok(_) if last => {}
                 Ok(m) if m.file_type().is_symlink() => {
-                    anyhow::bail!("/{} is a symlink; a mount point cannot be made there", rel)
+                    anyhow::bail!(
+                        "/{} has a symlink on the way; a mount point cannot be made there",
+                        rel
+                    )
                 }
-                Ok(m) if !last && !m.is_dir() => {
+                Ok(m) if !m.is_dir() => {
                     anyhow::bail!("/{}: {} is not a directory", rel, cur.display())
                 }
                 Ok(_) => {}

@@ -11,7 +11,7 @@ pub mod tar_writer;
 pub mod walk;
 mod xattr;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use apply::{apply_layer, ApplyOptions};
 pub use layer::{write_layer, LayerOptions};
@@ -47,6 +47,39 @@ pub enum EntryKind {
     CharDevice(u32, u32),
     /// A block device (major, minor).
     BlockDevice(u32, u32),
+}
+
+impl EntryKind {
+    /// The kind of what is on disk at `host` (`meta`: its own metadata, links not
+    /// followed); a regular file's bytes are read from there later. None for a socket,
+    /// which a layer cannot hold.
+    pub fn of_disk(host: &Path, meta: &std::fs::Metadata) -> anyhow::Result<Option<EntryKind>> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let ft = meta.file_type();
+        let device = || (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+        Ok(Some(if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_file() {
+            EntryKind::File {
+                size: meta.len(),
+                source: Content::Path(host.to_path_buf()),
+            }
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(host)
+                .map_err(|e| anyhow::anyhow!("cannot read link {}: {e}", host.display()))?;
+            EntryKind::Symlink(target.to_string_lossy().into_owned())
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_char_device() {
+            let (major, minor) = device();
+            EntryKind::CharDevice(major, minor)
+        } else if ft.is_block_device() {
+            let (major, minor) = device();
+            EntryKind::BlockDevice(major, minor)
+        } else {
+            return Ok(None);
+        }))
+    }
 }
 
 /// One file of a layer.

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -210,28 +210,11 @@ fn opaque_marker(dir: &str, m: &Meta) -> LayerEntry {
 /// A layer entry for the file now at `host`.
 fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<LayerEntry> {
     let ft = m.file_type();
-    let kind = if ft.is_dir() {
-        EntryKind::Dir
-    } else if ft.is_file() {
-        EntryKind::File {
-            size: m.len(),
-            source: Content::Path(host.to_path_buf()),
-        }
-    } else if ft.is_symlink() {
-        EntryKind::Symlink(fs::read_link(host)?.to_string_lossy().into_owned())
-    } else if ft.is_fifo() {
-        EntryKind::Fifo
-    } else if ft.is_char_device() {
-        EntryKind::CharDevice(libc::major(m.rdev()), libc::minor(m.rdev()))
-    } else if ft.is_block_device() {
-        EntryKind::BlockDevice(libc::major(m.rdev()), libc::minor(m.rdev()))
-    } else {
-        // A socket: layers cannot hold one; an empty file keeps the name visible.
-        EntryKind::File {
-            size: 0,
-            source: Content::Bytes(Vec::new()),
-        }
-    };
+    // A socket: layers cannot hold one; an empty file keeps the name visible.
+    let kind = EntryKind::of_disk(host, m)?.unwrap_or(EntryKind::File {
+        size: 0,
+        source: Content::Bytes(Vec::new()),
+    });
     Ok(LayerEntry {
         path: rel.to_string(),
         kind,

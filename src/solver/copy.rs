@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufReader, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -272,26 +272,7 @@ fn entry_from_disk(
     inp: &CopyInputs<'_>,
 ) -> Result<Option<LayerEntry>> {
     let ft = meta.file_type();
-    let kind = if ft.is_dir() {
-        EntryKind::Dir
-    } else if ft.is_file() {
-        EntryKind::File {
-            source: Content::Path(host.to_path_buf()),
-            size: meta.len(),
-        }
-    } else if ft.is_symlink() {
-        let target =
-            fs::read_link(host).with_context(|| format!("cannot read link {}", host.display()))?;
-        EntryKind::Symlink(target.to_string_lossy().into_owned())
-    } else if ft.is_fifo() {
-        EntryKind::Fifo
-    } else if ft.is_char_device() {
-        let (ma, mi) = dev_numbers(meta.rdev());
-        EntryKind::CharDevice(ma, mi)
-    } else if ft.is_block_device() {
-        let (ma, mi) = dev_numbers(meta.rdev());
-        EntryKind::BlockDevice(ma, mi)
-    } else {
+    let Some(kind) = EntryKind::of_disk(host, meta)? else {
         return Ok(None); // sockets cannot be stored in a layer
     };
     let is_dir = ft.is_dir();
@@ -319,10 +300,6 @@ fn entry_from_disk(
         mtime: clamp(meta.mtime(), inp.epoch),
         xattrs: Vec::new(),
     }))
-}
-
-fn dev_numbers(rdev: u64) -> (u32, u32) {
-    (libc::major(rdev), libc::minor(rdev))
 }
 
 /// True if the file is a (possibly compressed) tar archive, judged by its content.

@@ -480,6 +480,13 @@ fn layers_write_through_absolute_symlinks_inside_the_image() {
     let fs = b.build_ok(&["--pull=never"]).fs();
     assert_eq!(file_content(&fs, "/seen").as_deref(), Some("42\n"));
     assert_eq!(file_content(&fs, "/link").as_deref(), Some("/run\n"));
+    // The symlinked resolv.conf gets the host's name servers, bound where it points.
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert_eq!(file_content(&fs, "/resolv-seen").unwrap_or_default(), host);
+    assert!(
+        !fs.nodes.contains_key("/run/systemd"),
+        "the mount point behind the symlink stayed in the image"
+    );
 }
 
 #[test]

@@ -969,6 +969,11 @@ fn run_mounts_bind_cache_and_tmpfs() {
     assert_eq!(seen("tmpfs"), "1024\n", "a 1 MiB tmpfs");
     assert_eq!(seen("nested"), "f\n", "a cache mounted inside the context");
     assert_eq!(
+        seen("nested-link"),
+        "f\n",
+        "the same below a symlinked target"
+    );
+    assert_eq!(
         seen("nested-parent"),
         ".dockerignore\nprivate\nsrc\n",
         "only the mount point shows of the ignored directory"

@@ -25,11 +25,12 @@ pub const DEFAULT_CAPS: &[&str] = &[
 ];
 
 /// The capabilities a step keeps: Docker's default set. Under the chroot isolation
-/// without CAP_SYS_CHROOT: a second chroot is how a process gets out of the first.
+/// without CAP_SYS_CHROOT (a second chroot is how a process gets out of the first) and
+/// CAP_MKNOD (there is no nodev mount there to disarm a device node).
 fn step_set(chroot: bool) -> Result<HashSet<Capability>> {
     DEFAULT_CAPS
         .iter()
-        .filter(|c| !(chroot && **c == "CAP_SYS_CHROOT"))
+        .filter(|c| !(chroot && matches!(**c, "CAP_SYS_CHROOT" | "CAP_MKNOD")))
         .map(|c| Capability::from_str(c).map_err(|e| anyhow!("{c}: {e}")))
         .collect()
 }

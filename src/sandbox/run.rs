@@ -102,9 +102,10 @@ pub struct RunSpec<'a> {
     pub network: Network,
     /// Isolation mode.
     pub isolation: Isolation,
-    /// Files bind-mounted over `/etc/<name>` (hosts, hostname, resolv.conf): name and
-    /// contents. They are made in the step's own `/dev` tmpfs, so they never touch the disk
-    /// and a step that changes one changes it for itself only.
+    /// Files bind-mounted over the image's `/etc/hosts`, `hostname` and `resolv.conf`:
+    /// where (relative to the root, symlinks resolved by the caller) and contents. They are
+    /// made in the step's own `/dev` tmpfs, so they never touch the disk and a step that
+    /// changes one changes it for itself only.
     pub etc_files: &'a [(String, String)],
     /// The command starts only once the coarse clock is past this (see
     /// [`crate::coarse_clock`]): the snapshot's record needs it, and the wait overlaps the
@@ -418,7 +419,21 @@ fn setup_mounts(spec: &RunSpec<'_>) -> Result<()> {
         .context("cannot make the mounts private")?;
     // nosuid and nodev: with no device cgroup, a device node (made by a step running as
     // real root, or shipped in a layer) must not open the host's devices.
-    bind(root, root, false).context("cannot bind the step's root")?;
+    mount(
+        Some(root),
+        root,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )
+    .context("cannot bind the step's root")?;
+    // In a user namespace device nodes never open and no_new_privs disarms set-id bits,
+    // so there a kernel that refuses the flags does not stop the build.
+    if let Err(e) = restrict(root, false) {
+        if host_root() {
+            return Err(e.context("cannot make the step's root nosuid,nodev"));
+        }
+    }
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = root.join("proc");
     if mount(Some("proc"), &proc_dir, Some("proc"), nosuid, none).is_err() {
@@ -497,17 +512,28 @@ fn setup_mounts(spec: &RunSpec<'_>) -> Result<()> {
     // mounts keep them).
     let staging = dev.join(".etc");
     fs::create_dir(&staging)?;
-    for (name, contents) in spec.etc_files {
-        let target = root.join("etc").join(name);
-        // Only over a regular file (created by the caller if missing): a symlink there
-        // could point anywhere on the host.
-        if target.symlink_metadata().is_ok_and(|m| m.is_file()) {
-            let source = staging.join(name);
-            fs::write(&source, contents).with_context(|| format!("cannot write /etc/{name}"))?;
-            mount(Some(&source), &target, none, MsFlags::MS_BIND, none)
-                .with_context(|| format!("cannot bind /etc/{name}"))?;
-            fs::remove_file(&source)?;
+    for (rel, contents) in spec.etc_files {
+        // At the path the image resolves /etc/NAME to (a symlinked resolv.conf included),
+        // opened without following symlinks; only over a regular file.
+        let (_, name, fd) = open_beneath(root, rel, false)?;
+        let st = nix::sys::stat::fstat(&fd)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            continue;
         }
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let source = staging.join(&name);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&source)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, contents.as_bytes()))
+            .with_context(|| format!("cannot write /{rel}"))?;
+        fs::set_permissions(&source, fs::Permissions::from_mode(0o644))?;
+        let at = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mount(Some(&source), at.as_str(), none, MsFlags::MS_BIND, none)
+            .with_context(|| format!("cannot bind /{rel}"))?;
+        fs::remove_file(&source)?;
     }
     fs::remove_dir(&staging)?;
     step_mounts(spec)?;
@@ -530,7 +556,7 @@ fn step_mounts(spec: &RunSpec<'_>) -> Result<()> {
             MountSource::Tmpfs { .. } => (true, false),
         };
         let made = (|| -> Result<()> {
-            let fd = open_beneath(spec.rootfs, &m.target, is_dir)?;
+            let (parent, name, fd) = open_beneath(spec.rootfs, &m.target, is_dir)?;
             let at = format!("/proc/self/fd/{}", fd.as_raw_fd());
             match &m.source {
                 MountSource::Bind { path, .. } => mount(
@@ -551,7 +577,20 @@ fn step_mounts(spec: &RunSpec<'_>) -> Result<()> {
                     )?
                 }
             }
-            restrict(&spec.rootfs.join(&m.target), readonly)
+            // Opened again from its parent: the new mount's root, not what it covers, and
+            // not whatever the path might lead to by now.
+            let mounted = nix::fcntl::openat(
+                &parent,
+                name.as_str(),
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_NOFOLLOW
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )?;
+            restrict(
+                Path::new(&format!("/proc/self/fd/{}", mounted.as_raw_fd())),
+                readonly,
+            )
         })();
         made.with_context(|| format!("cannot mount /{}", m.target))?;
     }
@@ -559,14 +598,19 @@ fn step_mounts(spec: &RunSpec<'_>) -> Result<()> {
 }
 
 /// Opens `rel` below `root` as an `O_PATH` descriptor, refusing a symlink anywhere on the
-/// way. A missing last component (hidden by a mount made above it) is made there: a
-/// directory, or an empty file when `dir` is false; that fails on a read-only mount.
-fn open_beneath(root: &Path, rel: &str, dir: bool) -> Result<OwnedFd> {
+/// way; returns its parent's descriptor, its name and its own. A missing last component
+/// (hidden by a mount made above it) is made there: a directory, or an empty file when
+/// `dir` is false; that fails on a read-only mount.
+fn open_beneath(root: &Path, rel: &str, dir: bool) -> Result<(OwnedFd, String, OwnedFd)> {
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::Mode;
     let path_flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mut cur: OwnedFd = nix::fcntl::open(root, path_flags | OFlag::O_DIRECTORY, Mode::empty())?;
     let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+    let Some((last_name, _)) = comps.split_last() else {
+        bail!("cannot mount over the root");
+    };
+    let mut parent: Option<OwnedFd> = None;
     for (i, c) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
         let next = match openat(&cur, *c, path_flags, Mode::empty()) {
@@ -608,9 +652,10 @@ fn open_beneath(root: &Path, rel: &str, dir: bool) -> Result<OwnedFd> {
         if !last && kind != libc::S_IFDIR {
             bail!("/{} is not a directory", comps[..=i].join("/"));
         }
-        cur = next;
+        parent = Some(std::mem::replace(&mut cur, next));
     }
-    Ok(cur)
+    let parent = parent.expect("one component at least");
+    Ok((parent, last_name.to_string(), cur))
 }
 
 /// Binds `source` at `target` (recursively), with [`restrict`]'s flags.
@@ -668,22 +713,41 @@ fn restrict(target: &Path, readonly: bool) -> Result<()> {
         return Ok(());
     }
     let e = std::io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::ENOSYS) {
+    // Before 5.12 there is no mount_setattr; a seccomp profile may answer EPERM for it.
+    if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
         return Err(e).context("cannot set the mount's flags");
     }
-    let locked = nix::sys::statvfs::statvfs(target)
+    // A remount must repeat the flags the kernel keeps locked in a user namespace, the
+    // atime ones included, or it is refused.
+    use nix::sys::statvfs::FsFlags;
+    let have = nix::sys::statvfs::statvfs(target)
         .map(|s| s.flags())
-        .unwrap_or(nix::sys::statvfs::FsFlags::empty());
+        .unwrap_or(FsFlags::empty());
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if readonly || locked.contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
-        flags |= MsFlags::MS_RDONLY;
+    for (fs_flag, ms_flag) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if have.contains(fs_flag) {
+            flags |= ms_flag;
+        }
     }
-    if locked.contains(nix::sys::statvfs::FsFlags::ST_NOEXEC) {
-        flags |= MsFlags::MS_NOEXEC;
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
     }
     let none: Option<&str> = None;
     mount(none, target, none, flags, none).context("cannot set the mount's flags")?;
     Ok(())
+}
+
+/// True when this process runs as the host's root (the identity uid map), where nodev
+/// on the step's root is what keeps device nodes from opening host devices.
+fn host_root() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
 }
 
 /// Brings `lo` up in a new network namespace.
@@ -839,7 +903,7 @@ pub fn mount_points(etc_files: &[(String, String)]) -> Vec<(String, bool)> {
         .iter()
         .map(|d| (d.to_string(), true))
         .collect();
-    v.extend(etc_files.iter().map(|(n, _)| (format!("etc/{n}"), false)));
+    v.extend(etc_files.iter().map(|(rel, _)| (rel.clone(), false)));
     v
 }
 

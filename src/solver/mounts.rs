@@ -92,18 +92,29 @@ pub fn prepare(
     let mut out = PreparedMounts::default();
     let mut order: Vec<(usize, StepMount)> = Vec::new();
     let mut locks: BTreeMap<PathBuf, Sharing> = BTreeMap::new();
+    // Targets as the image resolves them: mounts inside mounts are found by these.
+    let resolved: Vec<Option<String>> = mounts
+        .iter()
+        .map(|m| {
+            m.spec
+                .target
+                .as_ref()
+                .map(|t| resolve_in_root(root, t, true).map(|r| r.rel))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
     for (i, (m, from)) in mounts.iter().zip(from).enumerate() {
         let spec = &m.spec;
         let what = spec.target.clone().unwrap_or_default();
         // The mount points other mounts need inside this one (relative to its target).
-        let children: Vec<(String, bool)> = match &spec.target {
+        let children: Vec<(String, bool)> = match &resolved[i] {
             Some(t) => mounts
                 .iter()
+                .zip(&resolved)
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .filter_map(|(_, c)| {
-                    let below = c.spec.target.as_deref()?.strip_prefix(t.as_str())?;
-                    let below = below.strip_prefix('/')?;
+                .filter_map(|(_, (c, ct))| {
+                    let below = ct.as_deref()?.strip_prefix(t.as_str())?.strip_prefix('/')?;
                     let dir = !matches!(
                         c.spec.kind,
                         MountKind::Secret { .. } | MountKind::Ssh { .. }
@@ -124,19 +135,29 @@ pub fn prepare(
         let (Some(target), Some((source, is_dir))) = (&spec.target, made) else {
             continue;
         };
-        let resolved = resolve_in_root(root, target, true)?;
+        // In a writable tree (a cache, a writable copy) the mount points of the mounts
+        // inside it are made now and removed after the step, like those in the root.
+        if let MountSource::Bind {
+            path,
+            readonly: false,
+        } = &source
+        {
+            if is_dir {
+                for (rel, dir) in &children {
+                    points.ensure(path, rel, *dir)?;
+                }
+            }
+        }
+        let at = resolve_in_root(root, target, true)?;
         // The target as the image resolves it, not only as written.
-        let first = resolved.rel.split('/').next().unwrap_or("");
-        if resolved.rel.is_empty() {
+        let first = at.rel.split('/').next().unwrap_or("");
+        if at.rel.is_empty() {
             bail!("mount at {target}: it is the root directory of the image");
         }
         if matches!(first, "proc" | "dev" | "sys") {
-            bail!(
-                "mount at {target}: /{} belongs to the sandbox",
-                resolved.rel
-            );
+            bail!("mount at {target}: /{} belongs to the sandbox", at.rel);
         }
-        match (resolved.kind, is_dir) {
+        match (at.kind, is_dir) {
             (Some(FileKind::Dir), false) => {
                 bail!("cannot mount a file over the directory {target}")
             }
@@ -145,12 +166,12 @@ pub fn prepare(
             }
             _ => {}
         }
-        points.ensure(root, &resolved.rel, is_dir)?;
-        let depth = resolved.rel.split('/').count();
+        points.ensure(root, &at.rel, is_dir)?;
+        let depth = at.rel.split('/').count();
         order.push((
             depth,
             StepMount {
-                target: resolved.rel,
+                target: at.rel,
                 source,
             },
         ));

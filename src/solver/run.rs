@@ -104,7 +104,19 @@ pub fn run_command(
     // The wait for the clock to pass the record happens in the step, before its command.
     let (before, settled) = TreeState::capture_unsettled(root)?;
     ensure_workdir(root, &cwd)?;
-    let etc = etc_files(network);
+    // Where the image's /etc/NAME really is (resolv.conf is often a symlink); never over a
+    // directory or into the sandbox's own mounts.
+    let etc: Vec<(String, String)> = etc_files(network)
+        .into_iter()
+        .filter_map(|(name, contents)| {
+            let r = resolve_in_root(root, &format!("/etc/{name}"), true).ok()?;
+            let first = r.rel.split('/').next().unwrap_or("");
+            let usable = r.kind != Some(FileKind::Dir)
+                && !r.rel.is_empty()
+                && !matches!(first, "proc" | "dev" | "sys");
+            usable.then_some((r.rel, contents))
+        })
+        .collect();
     let mut points = MountPoints::default();
     let made = (|| -> Result<PreparedMounts> {
         for (rel, dir) in mount_points(&etc) {

@@ -257,26 +257,6 @@ fn id_of(m: &fs::Metadata) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
-/// Whether `path` (below `root`) is reached from `root` through real directories only,
-/// and is not a symlink itself.
-fn plain_path(root: &Path, path: &Path) -> bool {
-    let Ok(rel) = path.strip_prefix(root) else {
-        return false;
-    };
-    let mut cur = root.to_path_buf();
-    let comps: Vec<_> = rel.components().collect();
-    for (i, c) in comps.iter().enumerate() {
-        cur.push(c);
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => return false,
-            Ok(m) if i + 1 < comps.len() && !m.is_dir() => return false,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    true
-}
-
 impl MountPoints {
     /// Makes `rel` (a directory or an empty file) inside `root` if it is missing, with
     /// the missing directories above it; an existing entry, of any kind, is left as it is.
@@ -337,30 +317,58 @@ impl MountPoints {
     /// Removes what [`MountPoints::ensure`] made, deepest first, where it is still what
     /// was made and empty, and restores the parents' times.
     pub fn remove(self) {
+        use nix::sys::stat::{fstat, fstatat, futimens, FileStat};
+        use nix::sys::time::TimeSpec;
+        use nix::unistd::{unlinkat, UnlinkatFlags};
+        let id = |st: &FileStat| (st.st_dev, st.st_ino);
         for m in self.made.into_iter().rev() {
-            if !plain_path(&m.root, &m.path) {
-                continue;
-            }
-            let Ok(now) = fs::symlink_metadata(&m.path) else {
+            // Everything through descriptors held on the way, so nothing the step put in
+            // place of a path (or swaps in meanwhile) can lead outside the root.
+            let (Some(parent), Some(name)) =
+                (open_dir_beneath(&m.root, &m.parent), m.path.file_name())
+            else {
                 continue;
             };
-            if id_of(&now) != m.id || now.is_dir() != m.dir {
+            let Ok(now) = fstatat(&parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let kind = now.st_mode & libc::S_IFMT;
+            let same = id(&now) == m.id
+                && if m.dir {
+                    kind == libc::S_IFDIR
+                } else {
+                    kind == libc::S_IFREG && now.st_size == 0
+                };
+            if !same {
                 continue;
             }
-            let removed = if m.dir {
-                fs::remove_dir(&m.path).is_ok()
+            let how = if m.dir {
+                UnlinkatFlags::RemoveDir
             } else {
-                now.is_file() && now.len() == 0 && fs::remove_file(&m.path).is_ok()
+                UnlinkatFlags::NoRemoveDir
             };
-            let parent_still = (m.parent == m.root || plain_path(&m.root, &m.parent))
-                && fs::symlink_metadata(&m.parent)
-                    .is_ok_and(|p| p.is_dir() && id_of(&p) == m.parent_id);
-            if removed && parent_still {
-                let _ =
-                    filetime::set_symlink_file_times(&m.parent, m.parent_times.0, m.parent_times.1);
+            let removed = unlinkat(&parent, name, how).is_ok();
+            if removed && fstat(&parent).is_ok_and(|p| id(&p) == m.parent_id) {
+                let ts = |t: filetime::FileTime| {
+                    TimeSpec::new(t.unix_seconds(), i64::from(t.nanoseconds()))
+                };
+                let _ = futimens(&parent, &ts(m.parent_times.0), &ts(m.parent_times.1));
             }
         }
     }
+}
+
+/// Opens directory `dir`, which is `root` or below it, one component at a time without
+/// following symlinks; None when something on the way is not a plain directory.
+fn open_dir_beneath(root: &Path, dir: &Path) -> Option<std::os::fd::OwnedFd> {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut fd = open(root, flags, Mode::empty()).ok()?;
+    for c in dir.strip_prefix(root).ok()?.components() {
+        fd = openat(&fd, c.as_os_str(), flags | OFlag::O_NOFOLLOW, Mode::empty()).ok()?;
+    }
+    Some(fd)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::{Content, EntryKind, LayerEntry, OPAQUE_MARKER, WHITEOUT_PREFIX};
-use crate::coarse_clock::{wait_past, Stamp};
+use crate::coarse_clock::Stamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Meta {
@@ -90,18 +90,11 @@ fn rel_of(root: &Path, p: &Path) -> String {
 }
 
 impl TreeState {
-    /// Records `root`, then waits until the clock is past every ctime recorded, so that
-    /// any later change gives a different ctime.
-    pub fn capture(root: &Path) -> Result<TreeState> {
-        let (state, newest) = TreeState::capture_unsettled(root)?;
-        wait_past(newest);
-        Ok(state)
-    }
-
-    /// [`TreeState::capture`] without the wait: returns the newest ctime seen, and the
-    /// caller must let no change happen until the coarse clock is past it
-    /// ([`crate::coarse_clock::wait_past`]), e.g. right before the step's command starts.
-    pub fn capture_unsettled(root: &Path) -> Result<(TreeState, Stamp)> {
+    /// Records `root`; returns the record and the newest ctime seen. The caller must let
+    /// no change happen until the coarse clock is past that time
+    /// ([`crate::coarse_clock::wait_past`], e.g. in the step right before its command
+    /// starts), so that any later change gives a different ctime.
+    pub fn capture(root: &Path) -> Result<(TreeState, Stamp)> {
         let mut entries = HashMap::new();
         let mut newest = (0i64, 0i64);
         for e in walk(root) {
@@ -376,6 +369,13 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
+    /// A record of `root` once the clock has passed it.
+    fn settled(root: &Path) -> TreeState {
+        let (state, newest) = TreeState::capture(root).unwrap();
+        crate::coarse_clock::wait_past(newest);
+        state
+    }
+
     fn paths(entries: &[LayerEntry]) -> Vec<String> {
         let mut p: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
         p.sort();
@@ -438,7 +438,7 @@ mod tests {
         fs::write(r.join("old/deep/f"), "f").unwrap();
         fs::create_dir_all(r.join("re/x")).unwrap();
         fs::create_dir_all(r.join("proc/1")).unwrap();
-        let before = TreeState::capture(r).unwrap();
+        let before = settled(r);
 
         fs::write(r.join("etc/change"), "C").unwrap();
         fs::write(r.join("etc/new"), "n").unwrap();
@@ -478,7 +478,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir_all(t.path().join("a/b")).unwrap();
         fs::write(t.path().join("a/b/c"), "x").unwrap();
-        let before = TreeState::capture(t.path()).unwrap();
+        let before = settled(t.path());
         fs::read(t.path().join("a/b/c")).unwrap();
         assert!(before.diff(t.path()).unwrap().is_empty());
         // A change right after the capture is still seen.
@@ -490,7 +490,7 @@ mod tests {
     fn mount_points_are_made_and_removed_without_a_trace() {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir(t.path().join("etc")).unwrap();
-        let before = TreeState::capture(t.path()).unwrap();
+        let before = settled(t.path());
         let mut mp = MountPoints::default();
         mp.ensure(t.path(), "etc/hosts", false).unwrap();
         mp.ensure(t.path(), "proc", true).unwrap();

@@ -231,17 +231,12 @@ fn from_root(
     others: &mut Others<'_>,
     from: &CopyFrom,
 ) -> Result<Option<FromRoot>> {
-    match from {
-        CopyFrom::Context => Ok(None),
-        CopyFrom::Stage(i) => {
-            let st = others
-                .stages
-                .get_mut(i)
-                .ok_or_else(|| anyhow!("stage {i} was not built"))?;
-            Ok(Some(FromRoot::Filesystem(
-                st.rootfs(inp.store)?.to_path_buf(),
-            )))
-        }
+    let st = match from {
+        CopyFrom::Context => return Ok(None),
+        CopyFrom::Stage(i) => others
+            .stages
+            .get_mut(i)
+            .ok_or_else(|| anyhow!("stage {i} was not built"))?,
         CopyFrom::Image(r) => {
             if let Some(dir) = inp.images.local_dir(r) {
                 return Ok(Some(FromRoot::Dir(dir.to_path_buf())));
@@ -255,15 +250,15 @@ fn from_root(
                 };
                 others.images.insert(r.clone(), st);
             }
-            let st = others
+            others
                 .images
                 .get_mut(r)
-                .ok_or_else(|| anyhow!("image {r} was not resolved"))?;
-            Ok(Some(FromRoot::Filesystem(
-                st.rootfs(inp.store)?.to_path_buf(),
-            )))
+                .ok_or_else(|| anyhow!("image {r} was not resolved"))?
         }
-    }
+    };
+    Ok(Some(FromRoot::Filesystem(
+        st.rootfs(inp.store)?.to_path_buf(),
+    )))
 }
 
 /// Runs one step; returns the layer it made, if any.

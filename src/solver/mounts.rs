@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::rootfs::{resolve_in_root, FileKind};
+use super::rootfs::{resolve_in_root, FileKind, Resolved};
 use crate::cancel::Cancel;
-use crate::context::{BuildContext, EntryKind};
+use crate::context::{BuildContext, EntryKind, SourceMatch};
 use crate::plan::mounts::{MountKind, Sharing};
 use crate::plan::steps::RunMount;
 use crate::sandbox::run::{MountSource, StepMount};
@@ -93,13 +93,13 @@ pub fn prepare(
     let mut order: Vec<(usize, StepMount)> = Vec::new();
     let mut locks: BTreeMap<PathBuf, Sharing> = BTreeMap::new();
     // Targets as the image resolves them: mounts inside mounts are found by these.
-    let resolved: Vec<Option<String>> = mounts
+    let resolved: Vec<Option<Resolved>> = mounts
         .iter()
         .map(|m| {
             m.spec
                 .target
                 .as_ref()
-                .map(|t| resolve_in_root(root, t, true).map(|r| r.rel))
+                .map(|t| resolve_in_root(root, t, true))
                 .transpose()
         })
         .collect::<Result<_>>()?;
@@ -114,7 +114,8 @@ pub fn prepare(
                 .enumerate()
                 .filter(|(j, _)| *j != i)
                 .filter_map(|(_, (c, ct))| {
-                    let below = ct.as_deref()?.strip_prefix(t.as_str())?.strip_prefix('/')?;
+                    let below = ct.as_ref()?.rel.strip_prefix(t.rel.as_str())?;
+                    let below = below.strip_prefix('/')?;
                     let dir = !matches!(
                         c.spec.kind,
                         MountKind::Secret { .. } | MountKind::Ssh { .. }
@@ -132,7 +133,8 @@ pub fn prepare(
         };
         let made = prepare_one(m, from, &children, &step, &mut locks, &mut out)
             .with_context(|| format!("mount at {what}"))?;
-        let (Some(target), Some((source, is_dir))) = (&spec.target, made) else {
+        let (Some(target), Some(at), Some((source, is_dir))) = (&spec.target, &resolved[i], made)
+        else {
             continue;
         };
         // In a writable tree (a cache, a writable copy) the mount points of the mounts
@@ -148,7 +150,6 @@ pub fn prepare(
                 }
             }
         }
-        let at = resolve_in_root(root, target, true)?;
         // The target as the image resolves it, not only as written.
         let first = at.rel.split('/').next().unwrap_or("");
         if at.rel.is_empty() {
@@ -171,7 +172,7 @@ pub fn prepare(
         order.push((
             depth,
             StepMount {
-                target: at.rel,
+                target: at.rel.clone(),
                 source,
             },
         ));
@@ -213,7 +214,8 @@ fn prepare_one(
     match &m.spec.kind {
         MountKind::Bind { source, readwrite } => {
             let from = from.ok_or_else(|| anyhow!("a bind mount needs a source"))?;
-            let (path, is_dir, filtered) = source_path(&from, source)?;
+            let src = source_path(&from, source)?;
+            let (path, is_dir, filtered) = (src.path.clone(), src.is_dir, src.filtered());
             // Mount points for mounts inside this one must exist in what is mounted.
             let missing_points = is_dir
                 && children
@@ -223,8 +225,8 @@ fn prepare_one(
                 // A writable bind gets a copy, its changes thrown away after the step; a
                 // context directory with ignored files below gets a copy without them.
                 let copy = throwaway(out, "bind-")?.join("tree");
-                match from.context() {
-                    Some(ctx) if filtered => copy_context_dir(ctx, source, &copy)?,
+                match (from.context(), &src.in_context) {
+                    (Some(ctx), Some((m, true))) => copy_context_dir(ctx, m, &copy)?,
                     _ if is_dir => {
                         copy_tree(&path, &copy)?;
                     }
@@ -365,36 +367,54 @@ fn prepare_one(
     }
 }
 
-/// The host path of `source` in what a mount reads from, whether it is a directory, and
-/// whether it is a context directory with ignored entries below (which must not show).
-fn source_path(from: &MountFrom<'_>, source: &str) -> Result<(PathBuf, bool, bool)> {
-    match from {
-        MountFrom::Context(_) | MountFrom::Named(_) => {
-            let ctx = from.context().expect("a context");
-            let found = ctx.resolve(if source.is_empty() { "." } else { source })?;
-            let [m] = found.as_slice() else {
-                bail!("source {source:?} matches more than one path");
-            };
-            let is_dir = m.kind == EntryKind::Dir;
-            let filtered = ctx.excludes_below(m)?;
-            Ok((m.host_path.clone(), is_dir, filtered))
-        }
-        MountFrom::Root(root) => {
-            let r = resolve_in_root(root, &format!("/{source}"), true)?;
-            match r.kind {
-                None => bail!("source {source:?} not found"),
-                Some(kind) => Ok((root.join(&r.rel), kind == FileKind::Dir, false)),
-            }
-        }
+/// A mount's `source`, found in what it reads from.
+struct Source {
+    /// Where it is on the host.
+    path: PathBuf,
+    is_dir: bool,
+    /// In a context: its match there, and whether `.dockerignore` excludes something
+    /// below it (so that the directory on disk shows more than the build may see).
+    in_context: Option<(SourceMatch, bool)>,
+}
+
+impl Source {
+    /// True for a context directory the build may see only part of.
+    fn filtered(&self) -> bool {
+        matches!(self.in_context, Some((_, true)))
     }
 }
 
-/// A copy of a context directory without what `.dockerignore` excludes.
-fn copy_context_dir(ctx: &BuildContext, source: &str, to: &Path) -> Result<()> {
-    let found = ctx.resolve(if source.is_empty() { "." } else { source })?;
-    let [m] = found.as_slice() else {
-        bail!("source {source:?} matches more than one path");
+fn source_path(from: &MountFrom<'_>, source: &str) -> Result<Source> {
+    let ctx: &BuildContext = match from {
+        MountFrom::Context(c) => c,
+        MountFrom::Named(c) => c,
+        MountFrom::Root(root) => {
+            let r = resolve_in_root(root, &format!("/{source}"), true)?;
+            let Some(kind) = r.kind else {
+                bail!("source {source:?} not found");
+            };
+            return Ok(Source {
+                path: root.join(&r.rel),
+                is_dir: kind == FileKind::Dir,
+                in_context: None,
+            });
+        }
     };
+    let mut found = ctx.resolve(if source.is_empty() { "." } else { source })?;
+    if found.len() != 1 {
+        bail!("source {source:?} matches more than one path");
+    }
+    let m = found.remove(0);
+    let excluded = ctx.excludes_below(&m)?;
+    Ok(Source {
+        path: m.host_path.clone(),
+        is_dir: m.kind == EntryKind::Dir,
+        in_context: Some((m, excluded)),
+    })
+}
+
+/// A copy of a directory matched in a context, without what `.dockerignore` excludes.
+fn copy_context_dir(ctx: &BuildContext, m: &SourceMatch, to: &Path) -> Result<()> {
     fs::create_dir(to)?;
     for e in ctx.walk(m)? {
         let dest = to.join(&e.rel_path);
@@ -492,15 +512,15 @@ fn create_cache(
     let made = tmp.path().join("cache");
     match from {
         Some(from) => {
-            let (path, is_dir, _) = source_path(from, source)?;
-            if !is_dir {
+            let src = source_path(from, source)?;
+            if !src.is_dir {
                 bail!("the cache's source {source:?} is not a directory");
             }
-            match from.context() {
+            match (from.context(), &src.in_context) {
                 // A context as the build may see it: without what .dockerignore excludes.
-                Some(ctx) => copy_context_dir(ctx, source, &made)?,
-                None => {
-                    copy_tree(&path, &made)?;
+                (Some(ctx), Some((m, _))) => copy_context_dir(ctx, m, &made)?,
+                _ => {
+                    copy_tree(&src.path, &made)?;
                 }
             }
         }

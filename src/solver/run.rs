@@ -102,7 +102,7 @@ pub fn run_command(
 
     let program = find_program(root, &step.argv, &environ)?;
     // The wait for the clock to pass the record happens in the step, before its command.
-    let (before, settled) = TreeState::capture_unsettled(root)?;
+    let (before, settled) = TreeState::capture(root)?;
     ensure_workdir(root, &cwd)?;
     // Where the image's /etc/NAME really is (resolv.conf is often a symlink); never over a
     // directory or into the sandbox's own mounts.

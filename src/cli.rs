@@ -693,7 +693,7 @@ fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String,
     if args.context == "-" {
         let ctx = BuildContext::from_tar(
             std::io::stdin().lock(),
-            &store.root().join("tmp"),
+            &store.tmp_dir(),
             args.file.as_deref(),
         )
         .context("cannot read the build context from stdin")?;

@@ -95,7 +95,7 @@ pub fn run(cache_dir: Option<PathBuf>) -> Result<()> {
     );
     let cache_dir = cache_dir.unwrap_or_else(default_cache_dir);
     let chosen = std::env::var("RBUILD_SNAPSHOTTER").unwrap_or_else(|_| "walk".into());
-    let reflink = match can_reflink(&cache_dir.join("tmp")) {
+    let reflink = match can_reflink(&cache_dir) {
         Ok(true) => "reflinked: the cache's filesystem shares blocks until written",
         Ok(false) => "copied: the cache's filesystem cannot reflink",
         Err(_) => "reflinked if the cache's filesystem can (it does not exist yet)",

@@ -321,10 +321,7 @@ mod tests {
             compression_level: 6,
         };
         assert!(write_layer(&store, vec![e], &opts).is_err());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
         assert_eq!(
             std::fs::read_dir(dir.path().join("blobs/sha256"))
                 .unwrap()

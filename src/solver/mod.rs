@@ -206,7 +206,7 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        rootfs::make_removable(self.0.path());
+        crate::store::make_removable(self.0.path());
     }
 }
 

@@ -136,24 +136,7 @@ fn record_owners(layer: impl Read, owners: &mut OwnerMap) -> Result<()> {
 
 impl Drop for Rootfs {
     fn drop(&mut self) {
-        make_removable(self.dir.path());
-    }
-}
-
-/// Gives the owner write and search permission on every directory below `path`, so a tree
-/// unpacked with read-only directories can be removed without privileges.
-pub fn make_removable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in walkdir::WalkDir::new(path).into_iter().flatten() {
-        if entry.file_type().is_dir() {
-            if let Ok(meta) = entry.metadata() {
-                let mode = meta.permissions().mode();
-                if mode & 0o700 != 0o700 {
-                    let _ =
-                        fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode | 0o700));
-                }
-            }
-        }
+        crate::store::make_removable(self.dir.path());
     }
 }
 

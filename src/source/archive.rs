@@ -414,6 +414,6 @@ mod tests {
         assert!(err.to_string().contains("does not match"), "{err}");
         assert!(!store.has_blob(&claimed));
         assert!(!store.has_blob(&Digest::of(b"other bytes")));
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
 }

@@ -1,19 +1,27 @@
 //! The content store: blobs by digest under the cache directory, written atomically.
 //!
-//! Layout: `<root>/blobs/sha256/<hex>` for content, `<root>/tmp/` for blobs being written
-//! (same filesystem, so a finished blob is renamed into place), `<root>/images/` for image
-//! names (see [`images`]).
+//! Layout: `<root>/blobs/sha256/<hex>` for content; `<root>/tmp/<lease>/` for what one
+//! process is writing (same filesystem, so a finished blob is renamed into place);
+//! `<root>/index.db` for the index of blobs, step results, image names and leases
+//! ([`index`]); `<root>/leases/` for the processes using the store ([`lease`]);
+//! `<root>/mounts/` for `RUN --mount=type=cache` directories. [`gc`] keeps it in size.
 
+pub mod gc;
 pub mod images;
+pub mod index;
+pub mod lease;
 
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest as _, Sha256};
+
+use lease::Lease;
 
 /// A content digest, `sha256:<64 hex>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,27 +115,117 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// The on-disk content store.
-#[derive(Debug, Clone)]
+/// The on-disk content store, with its index and this process's lease.
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
+    shared: Arc<Shared>,
 }
 
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+/// What clones of one process's store share.
+struct Shared {
+    root: PathBuf,
+    db: Mutex<Option<index::Db>>,
+    lease: Lease,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let guard = self.db.get_mut().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_some_and(|d| !d.is_current()) {
+            // A forked copy: the lease and its rows belong to the process that made them.
+            std::mem::forget(guard.take());
+            return;
+        }
+        if let Some(db) = guard.as_ref() {
+            let _ = db.drop_lease(self.lease.id());
+        }
+        remove_tree(&self.root.join("tmp").join(self.lease.id()));
+        lease::release(&self.root, &self.lease);
+    }
+}
+
+/// Entries of `tmp/` from before leases (older rbuild versions) are removed once this old.
+const LEGACY_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 impl Store {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`, takes this process's lease and
+    /// collects what dead processes left behind.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["blobs/sha256", "tmp", "images"] {
+        for sub in ["blobs/sha256", "tmp", "leases"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create cache directory {}", root.display()))?;
         }
-        Ok(Store {
+        let lease = Lease::take(root)?;
+        fs::create_dir_all(root.join("tmp").join(lease.id()))
+            .with_context(|| format!("cannot create cache directory {}", root.display()))?;
+        let store = Store {
             root: root.to_path_buf(),
-        })
+            shared: Arc::new(Shared {
+                root: root.to_path_buf(),
+                db: Mutex::new(None),
+                lease,
+            }),
+        };
+        store.with_db(|_| Ok(()))?;
+        images::migrate_legacy_names(&store)?;
+        store.collect_dead()?;
+        Ok(store)
+    }
+
+    /// Removes the leases, lease rows and temporary files of processes that are gone.
+    /// Files a dead build made inside its user namespace may need that namespace to be
+    /// removed: what cannot be removed now is tried again at the next collection.
+    pub fn collect_dead(&self) -> Result<()> {
+        let own = self.shared.lease.id().to_string();
+        lease::dead_leases(&self.root, &own);
+        let mut dead_rows = Vec::new();
+        for id in self.lease_ids()? {
+            if id != own && !lease::is_live(&self.root, &id) {
+                dead_rows.push(id);
+            }
+        }
+        self.drop_lease_rows(&dead_rows)?;
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == own {
+                continue;
+            }
+            let is_lease_dir = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            let dead = if is_lease_dir {
+                !lease::is_live(&self.root, &name)
+            } else {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > LEGACY_TEMP_AGE)
+            };
+            if dead {
+                remove_tree(&e.path());
+            }
+        }
+        Ok(())
     }
 
     /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// This process's temporary directory inside the store (same filesystem as the
+    /// blobs; removed when the process ends, or collected after it died).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp").join(self.shared.lease.id())
     }
 
     /// Where the blob `digest` lives (whether or not it exists).
@@ -142,16 +240,53 @@ impl Store {
             .join(&Digest::of(id.as_bytes()).hex()[..32])
     }
 
-    /// True when the blob is present.
+    /// True when the blob is present; it is then leased for this process.
     pub fn has_blob(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
+        self.write_tx(|tx| self.blob_usable_in(tx, digest))
+            .unwrap_or(false)
+    }
+
+    /// Leases blob `digest` and tells whether it is usable: indexed and on disk. A file
+    /// with no record (a cache from before the index) is adopted.
+    pub(crate) fn blob_usable_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        digest: &Digest,
+    ) -> Result<bool> {
+        let id = digest.to_string();
+        self.lease_in(tx, &id)?;
+        let path = self.blob_path(digest);
+        let Ok(meta) = fs::metadata(&path) else {
+            return Ok(false);
+        };
+        let t = index::now();
+        let rec = index::Record {
+            id: id.clone(),
+            kind: index::RecordKind::Blob,
+            size: meta.len(),
+            created: t,
+            last_used: t,
+            use_count: 0,
+            description: String::new(),
+            data: None,
+        };
+        if self.record_in(tx, &id)?.is_none() {
+            let children = if meta.len() <= MAX_MANIFEST_SIZE {
+                fs::read(&path).map(|b| children_of(&b)).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            Self::put_record_in(tx, &rec, &children, false)?;
+        }
+        Self::touch_in(tx, &id)?;
+        Ok(true)
     }
 
     /// A new temporary file inside the store, removed on drop unless committed.
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
         tempfile::Builder::new()
             .prefix("blob-")
-            .tempfile_in(self.root.join("tmp"))
+            .tempfile_in(self.tmp_dir())
             .context("cannot create a temporary file in the cache directory")
     }
 
@@ -159,37 +294,68 @@ impl Store {
     pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
         tempfile::Builder::new()
             .prefix(prefix)
-            .tempdir_in(self.root.join("tmp"))
+            .tempdir_in(self.tmp_dir())
             .context("cannot create a temporary directory in the cache directory")
     }
 
-    /// Moves a fully written temporary file into place as blob `digest` (fsynced first).
-    /// If the blob already exists the temporary file is dropped.
+    /// Moves a fully written temporary file into place as blob `digest` (fsynced first)
+    /// and indexes it, leased for this process. If the blob already exists the temporary
+    /// file is dropped.
     pub fn commit_blob(&self, tmp: tempfile::NamedTempFile, digest: &Digest) -> Result<PathBuf> {
+        self.commit_blob_with(tmp, digest, &[])
+    }
+
+    fn commit_blob_with(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        digest: &Digest,
+        children: &[String],
+    ) -> Result<PathBuf> {
         let dest = self.blob_path(digest);
-        if dest.is_file() {
-            return Ok(dest);
-        }
         tmp.as_file().sync_all()?;
-        tmp.persist(&dest)
-            .map_err(|e| e.error)
-            .with_context(|| format!("cannot store blob {digest}"))?;
+        let size = tmp.as_file().metadata()?.len();
+        self.write_tx(|tx| {
+            let id = digest.to_string();
+            self.lease_in(tx, &id)?;
+            if self.record_in(tx, &id)?.is_some() && dest.is_file() {
+                return Ok(());
+            }
+            tmp.persist(&dest)
+                .map_err(|e| e.error)
+                .with_context(|| format!("cannot store blob {digest}"))?;
+            let t = index::now();
+            let rec = index::Record {
+                id,
+                kind: index::RecordKind::Blob,
+                size,
+                created: t,
+                last_used: t,
+                use_count: 1,
+                description: String::new(),
+                data: None,
+            };
+            Self::put_record_in(tx, &rec, children, true)
+        })?;
         Ok(dest)
     }
 
-    /// Stores `bytes` as a blob and returns its digest.
+    /// Stores `bytes` as a blob and returns its digest. The configs, layers and manifests
+    /// a manifest or index names become its references.
     pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);
         if !self.has_blob(&digest) {
             let mut tmp = self.temp_file()?;
             tmp.write_all(bytes)?;
-            self.commit_blob(tmp, &digest)?;
+            self.commit_blob_with(tmp, &digest, &children_of(bytes))?;
         }
         Ok(digest)
     }
 
-    /// Opens blob `digest` for reading.
+    /// Opens blob `digest` for reading (leased for this process).
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        if !self.has_blob(digest) {
+            bail!("blob {digest} is missing from the cache");
+        }
         File::open(self.blob_path(digest))
             .with_context(|| format!("blob {digest} is missing from the cache"))
     }
@@ -199,6 +365,70 @@ impl Store {
         let mut buf = Vec::new();
         self.open_blob(digest)?.read_to_end(&mut buf)?;
         Ok(buf)
+    }
+}
+
+/// Manifests and indexes larger than this are not looked into for references.
+const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// The digests a manifest (config, layers) or an index (manifests) names; nothing for
+/// anything else.
+pub fn children_of(bytes: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Desc {
+        digest: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        config: Option<Desc>,
+        #[serde(default)]
+        layers: Vec<Desc>,
+        #[serde(default)]
+        manifests: Vec<Desc>,
+    }
+    if bytes.first() != Some(&b'{') {
+        return Vec::new();
+    }
+    let Ok(doc) = serde_json::from_slice::<Doc>(bytes) else {
+        return Vec::new();
+    };
+    doc.config
+        .into_iter()
+        .chain(doc.layers)
+        .chain(doc.manifests)
+        .map(|d| d.digest)
+        .filter(|d| d.parse::<Digest>().is_ok())
+        .collect()
+}
+
+/// Removes a tree even when it holds read-only directories (unpacked images do); errors
+/// are ignored (what stays is collected later).
+pub fn remove_tree(path: &Path) {
+    if fs::symlink_metadata(path).is_err() {
+        return;
+    }
+    make_removable(path);
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        let _ = fs::remove_dir_all(path);
+    } else {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// Gives the owner write and search permission on every directory below `path`, so a tree
+/// unpacked with read-only directories can be removed without privileges.
+pub fn make_removable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(path).into_iter().flatten() {
+        if entry.file_type().is_dir() {
+            if let Ok(meta) = entry.metadata() {
+                let mode = meta.permissions().mode();
+                if mode & 0o700 != 0o700 {
+                    let _ =
+                        fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode | 0o700));
+                }
+            }
+        }
     }
 }
 
@@ -227,6 +457,6 @@ mod tests {
         let b = store.write_blob(b"data").unwrap();
         assert_eq!(a, b);
         assert_eq!(store.read_blob(&a).unwrap(), b"data");
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
 }

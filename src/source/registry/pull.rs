@@ -428,7 +428,7 @@ mod tests {
     }
 
     fn tmp_is_empty(store: &Store) -> bool {
-        std::fs::read_dir(store.root().join("tmp")).unwrap().count() == 0
+        std::fs::read_dir(store.tmp_dir()).unwrap().count() == 0
     }
 
     #[test]

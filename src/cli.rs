@@ -19,11 +19,14 @@ use crate::sandbox::seccomp::Filter;
 use crate::snapshot::clone::Snapshotter;
 use crate::solver::mounts::MountInputs;
 use crate::solver::run::RunEnvironment;
+use crate::solver::cache::CacheOptions;
 use crate::solver::{build, BuildInputs};
+use crate::store::gc::{self, Disk, Policy};
 use crate::source::registry::{Client, RegistryConfig};
 use crate::source::resolver::{NamedContext, PullPolicy, Puller, Resolver};
 use crate::store::Store;
 
+mod cache;
 mod images;
 mod info;
 mod secrets;
@@ -75,9 +78,16 @@ pub struct BuildArgs {
     /// Metadata label `KEY=VALUE` for the image; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// Do not reuse cached steps.
+    /// Do not answer any step from the cache (results are still recorded).
     #[arg(long = "no-cache")]
     pub no_cache: bool,
+    /// Do not answer the steps of these stages from the cache (comma-separated;
+    /// repeatable).
+    #[arg(long = "no-cache-filter", value_name = "STAGE[,STAGE]")]
+    pub no_cache_filter: Vec<String>,
+    /// Limits for the cache collection that ends every build.
+    #[command(flatten)]
+    pub gc: cache::GcArgs,
     /// Cache directory (default: $XDG_CACHE_HOME/rbuild or ~/.cache/rbuild).
     #[arg(long = "cache-dir", value_name = "DIR", env = "RBUILD_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -150,6 +160,12 @@ pub struct BuildArgs {
 pub fn main_with_args(mut argv: Vec<OsString>) -> i32 {
     if argv.get(1).is_some_and(|a| a == "image") {
         return images::main(argv);
+    }
+    if argv
+        .get(1)
+        .is_some_and(|a| a == "du" || a == "prune" || a == "cache")
+    {
+        return cache::main(argv);
     }
     if argv.get(1).is_some_and(|a| a == "info") {
         let cache_dir = std::env::var_os("RBUILD_CACHE_DIR").map(PathBuf::from);
@@ -536,8 +552,11 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         check_dest(&o.dest).map_err(build_failed)?;
     }
 
+    // SIGINT/SIGTERM end any build the way Ctrl-C does: long loops check the flag.
+    Cancel::install();
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let store = Store::open(&cache_dir).map_err(build_failed)?;
+    let gc_policy = args.gc.policy(&store).map_err(build_failed)?;
     let progress = Progress::new(mode);
 
     // Context and Dockerfile.
@@ -562,6 +581,15 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         },
     )
     .map_err(fail)?;
+    let stage_names: Vec<Option<String>> = plan.stages.iter().map(|s| s.name.clone()).collect();
+    let mut cache_options = CacheOptions {
+        disabled: args.no_cache,
+        ..CacheOptions::default()
+    };
+    for name in cache::no_cache_names(&args.no_cache_filter) {
+        let index = cache::check_stage_name(&name, &stage_names).map_err(usage)?;
+        cache_options.no_cache_stages.insert(index);
+    }
     let run_env = if plan_has_run(&plan) {
         Some(
             prepare_sandbox(&args.isolation, args.snapshotter, mount_inputs, &progress)
@@ -587,6 +615,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         labels: &labels,
         images: &resolver,
         run: run_env.as_ref(),
+        cache: &cache_options,
     })
     .map_err(fail)?;
     if !output.unused_build_args.is_empty() {
@@ -660,6 +689,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| build_failed(e.into()))?;
         write_atomic(f, &text).map_err(build_failed)?;
     }
+    collect_garbage(&store, gc_policy, &progress);
     if args.quiet {
         println!("{image_id}");
     } else {
@@ -669,6 +699,30 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+/// The collection that ends every build: BuildKit's default limits where none is set;
+/// skipped when another process is collecting. A failure is only a warning.
+fn collect_garbage(store: &Store, policy: Policy, progress: &Progress) {
+    let result = Disk::of(store.root()).and_then(|disk| {
+        gc::collect(
+            store,
+            &policy.with_defaults(disk),
+            &gc::Filter::default(),
+            true,
+            false,
+        )
+    });
+    match result {
+        Ok(r) if !r.removed.is_empty() => progress.note(&format!(
+            "cache: removed {} records, {} in use (was {})",
+            r.removed.len(),
+            cache::human_size(r.after),
+            cache::human_size(r.before)
+        )),
+        Ok(_) => {}
+        Err(e) => progress.note(&format!("warning: cache collection failed: {e:#}")),
+    }
 }
 
 fn describe(o: &OutputSpec) -> String {

@@ -997,8 +997,9 @@ fn run_mounts_bind_cache_and_tmpfs() {
     }
     assert!(b.leftover_temp_files().is_empty(), "temp files left");
 
-    // The cache outlives the build.
-    let again = b.build_ok(&args(&[]));
+    // The cache outlives the build (--no-cache: the steps run again, the mount's cache
+    // stays).
+    let again = b.build_ok(&args(&["--no-cache"]));
     assert_eq!(
         file_content(&again.fs(), "/seen/cache-1").as_deref(),
         Some("2\n"),

@@ -6,6 +6,7 @@
 //! paths are resolved component by component with symbolic links confined to the root, as
 //! if it were a chroot. Only what a step asks for is looked at; there is no up-front walk.
 
+pub mod digest;
 pub mod dockerignore;
 mod extract;
 

@@ -64,6 +64,7 @@ impl Applier<'_> {
             .entries()
             .with_context(|| format!("layer {label}: not a tar archive"))?;
         for entry in entries {
+            crate::cancel::Cancel.check()?;
             let mut entry = entry.with_context(|| format!("layer {label}: corrupt tar stream"))?;
             let raw = entry.path_bytes().into_owned();
             let shown = String::from_utf8_lossy(&raw).into_owned();

@@ -88,6 +88,7 @@ fn produce_tar(
     let mut tar = TarWriter::new(HashingWriter::new(sink));
     let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
     for e in entries {
+        crate::cancel::Cancel.check()?;
         let mtime = opts.clamp_mtime.map_or(e.mtime, |c| e.mtime.min(c));
         let mut header = TarHeader {
             path: e.path.clone(),

@@ -98,6 +98,7 @@ impl TreeState {
         let mut entries = HashMap::new();
         let mut newest = (0i64, 0i64);
         for e in walk(root) {
+            crate::cancel::Cancel.check()?;
             let e = e.with_context(|| format!("cannot read {}", root.display()))?;
             let rel = rel_of(root, e.path());
             if skipped(&rel) {
@@ -117,6 +118,7 @@ impl TreeState {
         // Directories replaced by new ones: everything below them is new.
         let mut replaced: Vec<String> = Vec::new();
         for e in walk(root) {
+            crate::cancel::Cancel.check()?;
             let e = e.with_context(|| format!("cannot read {}", root.display()))?;
             let rel = rel_of(root, e.path());
             if skipped(&rel) {

@@ -1,6 +1,7 @@
 //! Runs a plan: builds the needed stages in order, step by step, turning each filesystem
 //! change into a layer in the store, and assembles the target stage into an image.
 
+pub mod cache;
 pub mod copy;
 pub mod mounts;
 pub mod rootfs;
@@ -13,16 +14,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context, Result};
 use serde_json::json;
 
+use crate::context::digest::MapMemo;
 use crate::context::BuildContext;
 use crate::image::config::{History, ImageConfig};
 use crate::image::{BuiltImage, Layer, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST};
-use crate::plan::steps::{expand_stage, ConfigEdit, CopyFrom, StepKind, DEFAULT_PATH};
+use crate::plan::steps::{expand_stage, ConfigEdit, CopyFrom, Step, StepKind, DEFAULT_PATH};
 use crate::plan::{at_line, with_line, Base, Plan, Platform};
 use crate::progress::{Progress, StepHandle};
 use crate::snapshot::clone::Snapshotter;
 use crate::snapshot::{write_layer, EntryKind, LayerEntry, LayerOptions};
 use crate::source::resolver::Resolver;
-use crate::store::Store;
+use crate::store::{Digest, Store};
+use cache::{chain_id, from_result, step_key, to_result, CacheOptions, KeyBase};
 use copy::{copy_entries, CopyInputs};
 use mounts::MountFrom;
 use rootfs::{read_image_file, resolve_in_root, FileKind, Rootfs};
@@ -47,6 +50,8 @@ pub struct BuildInputs<'a> {
     pub images: &'a Resolver<'a>,
     /// How RUN steps execute (None: the build has none, so no sandbox was prepared).
     pub run: Option<&'a RunEnvironment>,
+    /// Which steps the cache may answer.
+    pub cache: &'a CacheOptions,
 }
 
 /// The result of a build.
@@ -84,6 +89,7 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
     let mut states: BTreeMap<usize, StageState> = BTreeMap::new();
     let mut images: BTreeMap<String, StageState> = BTreeMap::new();
     let mut used_args = BTreeSet::new();
+    let mut memo = MapMemo::new(inp.store.file_digests().unwrap_or_default());
 
     for &index in &plan.order {
         let sp = &plan.stages[index];
@@ -130,6 +136,7 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
         used_args.extend(expanded.used_args.iter().cloned());
         let total = expanded.steps.len();
         for (n, step) in expanded.steps.iter().enumerate() {
+            crate::cancel::Cancel.check()?;
             let handle = inp.progress.start(format!(
                 "[{} {}/{}] {}",
                 sp.label(),
@@ -141,20 +148,21 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
                 stages: &mut states,
                 images: &mut images,
             };
-            let result = run_step(
+            let mut ctx = StepContext {
                 inp,
-                &mut others,
-                &mut state,
-                &step.kind,
-                scratch.path(),
+                others: &mut others,
+                scratch: scratch.path(),
                 now,
-                &handle,
-            )
-            .map_err(|e| with_line(step.line, e));
-            let layer = match result {
-                Ok(layer) => layer,
+                handle: &handle,
+                memo: &mut memo,
+            };
+            let result = cached_or_run(&mut ctx, &mut state, index, step)
+                .map_err(|e| with_line(step.line, e));
+            let (layer, cached) = match result {
+                Ok(r) => r,
                 Err(e) => {
                     inp.progress.failed(handle);
+                    save_memo(inp.store, &memo);
                     return Err(e);
                 }
             };
@@ -168,7 +176,7 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
                 state.config.rootfs.diff_ids.push(layer.diff_id.to_string());
                 state.layers.push(layer);
             }
-            inp.progress.done(handle, false);
+            inp.progress.done(handle, cached);
         }
         states.insert(index, state);
         // Free the filesystems of stages nothing later reads.
@@ -185,6 +193,7 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
         }
     }
 
+    save_memo(inp.store, &memo);
     let target = states
         .remove(&plan.target)
         .ok_or_else(|| anyhow!("target stage was not built"))?;
@@ -241,24 +250,126 @@ fn from_root(
             if let Some(dir) = inp.images.local_dir(r) {
                 return Ok(Some(FromRoot::Dir(dir.to_path_buf())));
             }
-            if !others.images.contains_key(r) {
-                let base = inp.images.image(r)?;
-                let st = StageState {
-                    config: base.config,
-                    layers: base.layers,
-                    rootfs: None,
-                };
-                others.images.insert(r.clone(), st);
-            }
-            others
-                .images
-                .get_mut(r)
-                .ok_or_else(|| anyhow!("image {r} was not resolved"))?
+            image_state(inp, others.images, r)?
         }
     };
     Ok(Some(FromRoot::Filesystem(
         st.rootfs(inp.store)?.to_path_buf(),
     )))
+}
+
+/// The state of image `r` (resolved, not materialised), resolving it on first use.
+fn image_state<'s>(
+    inp: &BuildInputs<'_>,
+    images: &'s mut BTreeMap<String, StageState>,
+    r: &str,
+) -> Result<&'s mut StageState> {
+    if !images.contains_key(r) {
+        let base = inp.images.image(r)?;
+        let st = StageState {
+            config: base.config,
+            layers: base.layers,
+            rootfs: None,
+        };
+        images.insert(r.to_string(), st);
+    }
+    images
+        .get_mut(r)
+        .ok_or_else(|| anyhow!("image {r} was not resolved"))
+}
+
+/// What a step runs with besides its stage.
+struct StepContext<'c, 'a, 's> {
+    inp: &'c BuildInputs<'a>,
+    others: &'c mut Others<'s>,
+    scratch: &'c std::path::Path,
+    now: i64,
+    handle: &'c StepHandle,
+    memo: &'c mut MapMemo,
+}
+
+/// Answers a step from the cache, or runs it and records its result. Returns the layer
+/// and whether it came from the cache.
+fn cached_or_run(
+    ctx: &mut StepContext<'_, '_, '_>,
+    state: &mut StageState,
+    stage: usize,
+    step: &Step,
+) -> Result<(Option<Layer>, bool)> {
+    let inp = ctx.inp;
+    // A step whose inputs cannot be read is run, and reports that itself.
+    let key = step_key_for(ctx, state, &step.kind).unwrap_or(None);
+    if let Some(k) = &key {
+        if inp.cache.reads(stage) {
+            if let Some(result) = inp.store.step_result(k)? {
+                if let StepKind::Workdir(dir) = &step.kind {
+                    ConfigEdit::Workdir(dir.clone()).apply(&mut state.config);
+                }
+                return Ok((from_result(&result)?, true));
+            }
+        }
+    }
+    let layer = run_step(
+        inp,
+        ctx.others,
+        state,
+        &step.kind,
+        ctx.scratch,
+        ctx.now,
+        ctx.handle,
+    )?;
+    if let Some(k) = &key {
+        let label = inp.plan.stages[stage].label();
+        inp.store.put_step_result(
+            k,
+            &to_result(layer.as_ref()),
+            &format!("[{label}] {}", step.text),
+        )?;
+    }
+    Ok((layer, false))
+}
+
+/// The cache key of a step on top of `state`.
+fn step_key_for(
+    ctx: &mut StepContext<'_, '_, '_>,
+    state: &StageState,
+    kind: &StepKind,
+) -> Result<Option<Digest>> {
+    let inp = ctx.inp;
+    let platform = inp.plan.options.platform.to_string();
+    let base = KeyBase {
+        platform: &platform,
+        epoch: inp.epoch,
+        parent: &state.layers,
+        config: &state.config,
+    };
+    let others = &mut *ctx.others;
+    let memo = &mut *ctx.memo;
+    let mut input = |from: &CopyFrom, paths: &[String]| -> Result<String> {
+        Ok(match from {
+            CopyFrom::Context => inp.context.digest_sources(paths, memo)?.to_string(),
+            CopyFrom::Stage(i) => chain_id(
+                &others
+                    .stages
+                    .get(i)
+                    .ok_or_else(|| anyhow!("stage {i} was not built"))?
+                    .layers,
+            ),
+            CopyFrom::Image(r) => match inp.images.local_dir(r) {
+                Some(dir) => BuildContext::from_dir(dir, None)?
+                    .digest_sources(paths, memo)?
+                    .to_string(),
+                None => chain_id(&image_state(inp, others.images, r)?.layers),
+            },
+        })
+    };
+    step_key(kind, &base, &mut input)
+}
+
+/// Saves the context file digests found by this build (best effort: they only save
+/// reading files again).
+fn save_memo(store: &Store, memo: &MapMemo) {
+    let _ = store.put_file_digests(&memo.found);
 }
 
 /// Runs one step; returns the layer it made, if any.

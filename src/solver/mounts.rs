@@ -69,6 +69,9 @@ pub struct PreparedMounts {
     pub mounts: Vec<StepMount>,
     /// Variables the step gets (`SSH_AUTH_SOCK`, secrets given as `env=`).
     pub env: Vec<String>,
+    /// The shared cache directories the step uses, with their ids (their sizes go into
+    /// the cache index after the step).
+    pub caches: Vec<(PathBuf, String)>,
     /// Locks on cache directories, released (closed) when the step is over.
     _locks: Vec<File>,
     /// Throwaway directories (copies for writable binds, secrets, private caches),
@@ -282,9 +285,12 @@ fn prepare_one(
             };
             let seed = from.as_ref();
             let path = if usable {
+                // Leased before use, so a prune beside this build leaves it alone.
+                store.note_cache_mount(&dir, id, None)?;
                 if !dir.is_dir() {
                     create_cache(&dir, seed, source, *mode, *uid, *gid)?;
                 }
+                out.caches.push((dir.clone(), id.clone()));
                 dir
             } else {
                 // An empty one of our own, gone after the step.

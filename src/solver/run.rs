@@ -179,6 +179,11 @@ pub fn run_command(
         log(String::from_utf8_lossy(&pending).as_ref());
     }
     points.remove();
+    for (dir, id) in &mounts.caches {
+        inputs
+            .store
+            .note_cache_mount(dir, id, Some(crate::store::gc::tree_size(dir)))?;
+    }
     let shown = show_command(&step.argv);
     match outcome? {
         Outcome::Exited(0) => {}

@@ -141,6 +141,51 @@ impl Policy {
         }
     }
 
+    /// Fills the unset fields from the cache directory's `config.json`
+    /// (`{"gc": {"max-used-space": "20GB", "reserved-space": …, "min-free-space": …,
+    /// "keep-duration": "48h"}}`); a missing file changes nothing.
+    pub fn with_config_file(self, root: &Path) -> Result<Policy> {
+        let path = root.join("config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+        struct Gc {
+            max_used_space: Option<String>,
+            reserved_space: Option<String>,
+            min_free_space: Option<String>,
+            keep_duration: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct File {
+            gc: Option<Gc>,
+        }
+        let file: File = serde_json::from_str(&text)
+            .with_context(|| format!("invalid {}", path.display()))?;
+        let Some(gc) = file.gc else {
+            return Ok(self);
+        };
+        let space = |v: Option<String>| v.as_deref().map(Space::parse).transpose();
+        let within = |r: Result<Option<Space>>| r.with_context(|| format!("in {}", path.display()));
+        Ok(Policy {
+            max_used: self.max_used.or(within(space(gc.max_used_space))?),
+            reserved: self.reserved.or(within(space(gc.reserved_space))?),
+            min_free: self.min_free.or(within(space(gc.min_free_space))?),
+            keep_duration: match self.keep_duration {
+                Some(k) => Some(k),
+                None => gc
+                    .keep_duration
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .with_context(|| format!("in {}", path.display()))?,
+            },
+        })
+    }
+
     /// True when no size is set (a prune of everything that matches).
     pub fn is_unbounded(&self) -> bool {
         self.max_used.is_none() && self.reserved.is_none() && self.min_free.is_none()
@@ -442,6 +487,16 @@ impl Store {
     }
 }
 
+/// Bytes in the files below `dir` (apparent sizes, as `du -sb` counts them).
+pub fn tree_size(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// One root as `rbuild du` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage {
@@ -524,6 +579,27 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn the_config_file_fills_what_flags_left_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Policy {
+            max_used: Some(Space::Bytes(5)),
+            ..Policy::default()
+        };
+        assert_eq!(flags.with_config_file(dir.path()).unwrap(), flags);
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"gc": {"max-used-space": "1GB", "reserved-space": "10%", "keep-duration": "1h"}}"#,
+        )
+        .unwrap();
+        let p = flags.with_config_file(dir.path()).unwrap();
+        assert_eq!(p.max_used, Some(Space::Bytes(5)));
+        assert_eq!(p.reserved, Some(Space::Percent(10)));
+        assert_eq!(p.keep_duration, Some(Duration::from_secs(3600)));
+        std::fs::write(dir.path().join("config.json"), r#"{"gc": {"max-used": "1GB"}}"#).unwrap();
+        assert!(flags.with_config_file(dir.path()).is_err());
     }
 
     #[test]

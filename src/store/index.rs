@@ -448,6 +448,35 @@ impl Store {
         })
     }
 
+    /// Every remembered context file digest.
+    pub fn file_digests(&self) -> Result<Vec<(FileKey, Digest)>> {
+        self.with_db(|c| {
+            let mut st = c.prepare(
+                "SELECT dev, ino, size, mtime_ns, ctime_ns, digest FROM file_digests",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    FileKey {
+                        dev: r.get::<_, i64>(0)? as u64,
+                        ino: r.get::<_, i64>(1)? as u64,
+                        size: r.get::<_, i64>(2)? as u64,
+                        mtime_ns: r.get(3)?,
+                        ctime_ns: r.get(4)?,
+                    },
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (k, d) = row?;
+                if let Ok(d) = d.parse() {
+                    out.push((k, d));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Remembers context file digests (one transaction for the lot).
     pub fn put_file_digests(&self, found: &[(FileKey, Digest)]) -> Result<()> {
         if found.is_empty() {
@@ -474,8 +503,9 @@ impl Store {
         })
     }
 
-    /// Records that this build used the cache mount in `dir` (its size measured now).
-    pub fn note_cache_mount(&self, dir: &Path, id: &str, size: u64) -> Result<()> {
+    /// Records that this build uses the cache mount in `dir` (leased for this process),
+    /// with its size when it was measured.
+    pub fn note_cache_mount(&self, dir: &Path, id: &str, size: Option<u64>) -> Result<()> {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -491,14 +521,14 @@ impl Store {
                 .is_some();
             if exists {
                 tx.execute(
-                    "UPDATE records SET size = ?2, last_used = ?3, use_count = use_count + 1 WHERE id = ?1",
-                    params![rid, size as i64, t],
+                    "UPDATE records SET size = COALESCE(?2, size), last_used = ?3, use_count = use_count + (?2 IS NULL) WHERE id = ?1",
+                    params![rid, size.map(|s| s as i64), t],
                 )?;
             } else {
                 let rec = Record {
                     id: rid.clone(),
                     kind: RecordKind::CacheMount,
-                    size,
+                    size: size.unwrap_or(0),
                     created: t,
                     last_used: t,
                     use_count: 1,

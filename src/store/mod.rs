@@ -6,6 +6,7 @@
 //! ([`index`]); `<root>/leases/` for the processes using the store ([`lease`]);
 //! `<root>/mounts/` for `RUN --mount=type=cache` directories. [`gc`] keeps it in size.
 
+pub mod check;
 pub mod gc;
 pub mod images;
 pub mod index;
@@ -67,6 +68,61 @@ impl FromStr for Digest {
         Ok(Digest {
             hex: hex.to_string(),
         })
+    }
+}
+
+/// A SHA-256 over named, length-prefixed fields, so that different sequences of fields
+/// can never hash the same (`"ab","c"` and `"a","bc"` differ). Cache keys and content
+/// digests of sources are made with it.
+pub struct FieldHasher(Sha256);
+
+impl FieldHasher {
+    /// A hasher for keys of kind `domain` (a name with a version, e.g. `rbuild-step-v1`).
+    pub fn new(domain: &str) -> FieldHasher {
+        let mut h = FieldHasher(Sha256::new());
+        h.bytes("domain", domain.as_bytes());
+        h
+    }
+
+    /// Adds field `name` with value `value`.
+    pub fn bytes(&mut self, name: &str, value: &[u8]) -> &mut Self {
+        for part in [name.as_bytes(), value] {
+            self.0.update((part.len() as u64).to_le_bytes());
+            self.0.update(part);
+        }
+        self
+    }
+
+    /// Adds a text field.
+    pub fn str(&mut self, name: &str, value: &str) -> &mut Self {
+        self.bytes(name, value.as_bytes())
+    }
+
+    /// Adds a number field.
+    pub fn u64(&mut self, name: &str, value: u64) -> &mut Self {
+        self.bytes(name, &value.to_le_bytes())
+    }
+
+    /// Adds an optional text field (absent and empty differ).
+    pub fn opt(&mut self, name: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            None => self.u64(name, 0),
+            Some(v) => self.u64(name, 1).str(name, v),
+        }
+    }
+
+    /// Adds a list of text fields (its length first).
+    pub fn list<S: AsRef<str>>(&mut self, name: &str, items: &[S]) -> &mut Self {
+        self.u64(name, items.len() as u64);
+        for i in items {
+            self.str(name, i.as_ref());
+        }
+        self
+    }
+
+    /// The digest.
+    pub fn finish(self) -> Digest {
+        Digest::from_sha256(self.0.finalize().into())
     }
 }
 
@@ -139,9 +195,8 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let guard = self.db.get_mut().unwrap_or_else(|e| e.into_inner());
         if guard.as_ref().is_some_and(|d| !d.is_current()) {
-            // A forked copy: the lease and its rows belong to the process that made them.
+            // Opened before a fork: never used here; the rows are collected as dead later.
             std::mem::forget(guard.take());
-            return;
         }
         if let Some(db) = guard.as_ref() {
             let _ = db.drop_lease(self.lease.id());
@@ -447,6 +502,20 @@ mod tests {
         assert_eq!(s.parse::<Digest>().unwrap(), d);
         assert!("md5:abc".parse::<Digest>().is_err());
         assert!("sha256:XYZ".parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn field_boundaries_matter() {
+        let mut a = FieldHasher::new("t");
+        a.str("x", "ab").str("x", "c");
+        let mut b = FieldHasher::new("t");
+        b.str("x", "a").str("x", "bc");
+        assert_ne!(a.finish(), b.finish());
+        let mut a = FieldHasher::new("t");
+        a.opt("x", None);
+        let mut b = FieldHasher::new("t");
+        b.opt("x", Some(""));
+        assert_ne!(a.finish(), b.finish());
     }
 
     #[test]

@@ -17,13 +17,13 @@ use crate::plan::{LineError, Plan, PlanOptions, Platform};
 use crate::progress::{Mode, Progress};
 use crate::sandbox::seccomp::Filter;
 use crate::snapshot::clone::Snapshotter;
+use crate::solver::cache::CacheOptions;
 use crate::solver::mounts::MountInputs;
 use crate::solver::run::RunEnvironment;
-use crate::solver::cache::CacheOptions;
 use crate::solver::{build, BuildInputs};
-use crate::store::gc::{self, Disk, Policy};
 use crate::source::registry::{Client, RegistryConfig};
 use crate::source::resolver::{NamedContext, PullPolicy, Puller, Resolver};
+use crate::store::gc::{self, Disk, Policy};
 use crate::store::Store;
 
 mod cache;

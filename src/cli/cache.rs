@@ -127,9 +127,9 @@ pub fn main(mut argv: Vec<OsString>) -> i32 {
     let which = argv[0].to_string_lossy().into_owned();
     argv[0] = program;
     let result = match which.as_str() {
-        "du" => DuArgs::try_parse_from(&argv).map(|a| du(a)),
-        "prune" => PruneArgs::try_parse_from(&argv).map(|a| prune(a)),
-        _ => CacheArgs::try_parse_from(&argv).map(|a| cache(a)),
+        "du" => DuArgs::try_parse_from(&argv).map(du),
+        "prune" => PruneArgs::try_parse_from(&argv).map(prune),
+        _ => CacheArgs::try_parse_from(&argv).map(cache),
     };
     match result {
         Err(e) => {
@@ -322,7 +322,10 @@ pub fn human_size(bytes: u64) -> String {
     let digits = s.split('.').next().map_or(1, str::len);
     let shown = format!("{v:.prec$}", prec = 4usize.saturating_sub(digits));
     let shown = if shown.contains('.') {
-        shown.trim_end_matches('0').trim_end_matches('.').to_string()
+        shown
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     } else {
         shown
     };
@@ -359,7 +362,9 @@ pub fn check_stage_name(name: &str, stages: &[Option<String>]) -> Result<usize> 
     stages
         .iter()
         .position(|s| s.as_deref() == Some(name))
-        .ok_or_else(|| anyhow!("--no-cache-filter {name}: the Dockerfile has no stage named {name:?}"))
+        .ok_or_else(|| {
+            anyhow!("--no-cache-filter {name}: the Dockerfile has no stage named {name:?}")
+        })
 }
 
 #[cfg(test)]

@@ -75,7 +75,8 @@ fn entry(
     memo: &mut dyn ContentMemo,
 ) -> Result<()> {
     let ft = meta.file_type();
-    h.str("path", rel).u64("mode", u64::from(meta.mode() & 0o7777));
+    h.str("path", rel)
+        .u64("mode", u64::from(meta.mode() & 0o7777));
     if ft.is_file() {
         h.str("kind", "file")
             .u64("size", meta.size())
@@ -145,8 +146,7 @@ impl ContentMemo for MapMemo {
     }
 
     fn put(&mut self, key: FileKey, digest: Digest) {
-        self.known
-            .insert((key.dev, key.ino), (key, digest.clone()));
+        self.known.insert((key.dev, key.ino), (key, digest.clone()));
         self.found.push((key, digest));
     }
 }

@@ -15,8 +15,8 @@ use anyhow::Result;
 
 use crate::image::config::ImageConfig;
 use crate::image::Layer;
-use crate::plan::steps::{CopyFrom, CopySource, StepKind};
 use crate::plan::mounts::MountKind;
+use crate::plan::steps::{CopyFrom, CopySource, StepKind};
 use crate::store::index::{LayerRef, StepResult};
 use crate::store::{Digest, FieldHasher};
 

@@ -135,6 +135,8 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
         state.config.config.on_build.clear();
         used_args.extend(expanded.used_args.iter().cloned());
         let total = expanded.steps.len();
+        // A metadata step is CACHED when everything before it in the stage was.
+        let mut all_cached = true;
         for (n, step) in expanded.steps.iter().enumerate() {
             crate::cancel::Cancel.check()?;
             let handle = inp.progress.start(format!(
@@ -159,7 +161,14 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
             let result = cached_or_run(&mut ctx, &mut state, index, step)
                 .map_err(|e| with_line(step.line, e));
             let (layer, cached) = match result {
-                Ok(r) => r,
+                Ok((layer, cached)) => {
+                    let cached = match step.kind {
+                        StepKind::Config(_) => all_cached,
+                        _ => cached,
+                    };
+                    all_cached &= cached;
+                    (layer, cached)
+                }
                 Err(e) => {
                     inp.progress.failed(handle);
                     save_memo(inp.store, &memo);

@@ -74,9 +74,9 @@ pub fn check(store: &Store, repair: bool) -> Result<CheckReport> {
         let parent_kind = records.iter().find(|r| r.id == parent).map(|r| r.kind);
         let Some(kind) = parent_kind else { continue };
         if kind != RecordKind::Blob && !indexed.contains(&child) {
-            report
-                .problems
-                .push(format!("{parent}: refers to {child}, which is not in the cache"));
+            report.problems.push(format!(
+                "{parent}: refers to {child}, which is not in the cache"
+            ));
             broken.push(parent.clone());
         }
     }
@@ -87,7 +87,9 @@ pub fn check(store: &Store, repair: bool) -> Result<CheckReport> {
         let id = format!("sha256:{name}");
         report.blobs += 1;
         let Ok(d) = id.parse::<Digest>() else {
-            report.problems.push(format!("blobs/sha256/{name}: not a digest"));
+            report
+                .problems
+                .push(format!("blobs/sha256/{name}: not a digest"));
             continue;
         };
         let mut hasher = Sha256::new();
@@ -96,7 +98,9 @@ pub fn check(store: &Store, repair: bool) -> Result<CheckReport> {
             .is_ok()
             && Digest::from_sha256(hasher.finalize().into()) == d;
         if !ok {
-            report.problems.push(format!("{id}: content does not match its digest"));
+            report
+                .problems
+                .push(format!("{id}: content does not match its digest"));
             if repair {
                 store.write_tx(|tx| {
                     tx.execute("DELETE FROM refs WHERE parent = ?1", params![id])?;
@@ -120,7 +124,9 @@ pub fn check(store: &Store, repair: bool) -> Result<CheckReport> {
         Ok(out)
     })?;
     for d in &orphans {
-        report.problems.push(format!("{d}: blob file in no record (orphan)"));
+        report
+            .problems
+            .push(format!("{d}: blob file in no record (orphan)"));
         if repair {
             // Indexed, it is garbage the next collection frees, or a blob a name needs.
             store.has_blob(d);

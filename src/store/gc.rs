@@ -4,9 +4,10 @@
 //! The unit of eviction is a *root* record (a step result, a built image name, a cache
 //! mount, a base image name). Removing a root frees each blob that no other record
 //! references any more; a blob nobody references is garbage and goes first. Records
-//! leased by a live build are never removed. Base images are their own class: removed
-//! only after every other root (automatic GC), or when asked (`prune --all`,
-//! `--filter type=base-image`).
+//! leased by a live build are never removed. Named images (base images pulled or loaded,
+//! and images built into the store with `-o type=image`) are their own class: removed only
+//! after every other root (automatic GC), or when asked (`prune --all`, `--filter
+//! type=base-image|image`).
 //!
 //! Sizes (BuildKit's semantics under buildx's names): `max_used` is a ceiling,
 //! `reserved` a floor GC never goes below, `min_free` the free space to keep on the cache's
@@ -127,15 +128,17 @@ pub struct Policy {
 impl Policy {
     /// BuildKit's Unix defaults: reserved min(10%, 10 GB), max-used min(80%, 100 GB),
     /// min-free 20%, each measured on the cache's filesystem; unset fields of `self` take
-    /// them.
+    /// them. A default floor never lifts a ceiling that was given: it is cut to it.
     pub fn with_defaults(self, disk: Disk) -> Policy {
+        let default_reserved = Space::Percent(10).bytes(disk.total).min(RESERVED_CAP);
+        let given_max = self.max_used.map_or(u64::MAX, |m| m.bytes(disk.total));
         Policy {
             max_used: self.max_used.or(Some(Space::Bytes(
                 Space::Percent(80).bytes(disk.total).min(MAX_USED_CAP),
             ))),
-            reserved: self.reserved.or(Some(Space::Bytes(
-                Space::Percent(10).bytes(disk.total).min(RESERVED_CAP),
-            ))),
+            reserved: self
+                .reserved
+                .or(Some(Space::Bytes(default_reserved.min(given_max)))),
             min_free: self.min_free.or(Some(Space::Percent(20))),
             keep_duration: self.keep_duration,
         }
@@ -163,8 +166,8 @@ impl Policy {
         struct File {
             gc: Option<Gc>,
         }
-        let file: File = serde_json::from_str(&text)
-            .with_context(|| format!("invalid {}", path.display()))?;
+        let file: File =
+            serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
         let Some(gc) = file.gc else {
             return Ok(self);
         };
@@ -251,10 +254,10 @@ impl Filter {
             "type" => self
                 .types
                 .push(RecordKind::parse(v.trim()).with_context(|| {
-                format!(
+                    format!(
                     "invalid filter {f:?}: types are regular, image, base-image, exec.cachemount"
                 )
-            })?),
+                })?),
             "until" => self.until = Some(parse_duration(v)?),
             other => bail!("invalid filter {f:?}: unknown key {other:?} (type or until)"),
         }
@@ -270,7 +273,7 @@ impl Filter {
         if !self.types.is_empty() {
             return self.types.contains(&rec.kind);
         }
-        rec.kind != RecordKind::BaseImage || self.all || auto
+        !rec.kind.is_named_image() || self.all || auto
     }
 }
 
@@ -291,6 +294,8 @@ struct Graph {
     children: BTreeMap<String, Vec<String>>,
     incoming: BTreeMap<String, usize>,
     leased: BTreeSet<String>,
+    /// The index's own files.
+    overhead: u64,
 }
 
 impl Graph {
@@ -313,11 +318,12 @@ impl Graph {
             children,
             incoming,
             leased: store.leased_ids()?,
+            overhead: store.index_size(),
         })
     }
 
     fn used(&self) -> u64 {
-        self.records.values().map(|r| r.size).sum()
+        self.records.values().map(|r| r.size).sum::<u64>() + self.overhead
     }
 
     /// Blobs reachable from `id` (itself included when it holds space).
@@ -377,7 +383,7 @@ pub fn collect(
         .values()
         .filter(|r| r.kind != RecordKind::Blob && filter.admits(r, t, auto) && !keep(r))
         .collect();
-    roots.sort_by_key(|r| (r.kind == RecordKind::BaseImage, r.last_used, r.use_count));
+    roots.sort_by_key(|r| (r.kind.is_named_image(), r.last_used, r.use_count));
     let garbage = order.len();
     order.extend(roots);
     for (i, rec) in order.into_iter().enumerate() {
@@ -388,12 +394,13 @@ pub fn collect(
         if graph.leased.contains(&rec.id) {
             continue;
         }
-        let freed = store.remove_cascade(&rec.id)?;
-        if freed.is_some() {
-            let bytes = freed.unwrap_or(0);
+        if let Some(bytes) = store.remove_cascade(&rec.id)? {
             report.after = report.after.saturating_sub(bytes);
             report.removed.push((rec.id.clone(), bytes));
         }
+    }
+    if !report.removed.is_empty() {
+        store.checkpoint();
     }
     Ok(report)
 }
@@ -459,22 +466,29 @@ impl Store {
                 tx.execute("DELETE FROM refs WHERE parent = ?1", params![x])?;
                 tx.execute("DELETE FROM records WHERE id = ?1", params![x])?;
                 freed += rec.size;
-                match rec.kind {
-                    RecordKind::Blob => {
-                        if let Ok(d) = x.parse() {
-                            // Unlinked inside the transaction: nobody can lease it between.
-                            let _ = std::fs::remove_file(self.blob_path(&d));
-                        }
-                    }
+                // Moved aside inside the transaction (nobody can lease it between), removed
+                // after the commit; a process killed before the commit leaves it in its
+                // directory, where the next start puts it back.
+                let aside = match rec.kind {
+                    RecordKind::Blob => x.parse::<super::Digest>().ok().map(|d| {
+                        (
+                            self.blob_path(&d),
+                            self.tmp_dir().join(format!("gc-{}", d.hex())),
+                        )
+                    }),
                     RecordKind::CacheMount => {
                         let name = x.trim_start_matches("mount:");
-                        let dir = self.root().join("mounts").join(name);
-                        let aside = self.tmp_dir().join(format!("gc-{name}"));
-                        if std::fs::rename(&dir, &aside).is_ok() {
-                            trash.push(aside);
-                        }
+                        Some((
+                            self.root().join("mounts").join(name),
+                            self.tmp_dir().join(format!("gc-mount-{name}")),
+                        ))
                     }
-                    _ => {}
+                    _ => None,
+                };
+                if let Some((from, to)) = aside {
+                    if std::fs::rename(&from, &to).is_ok() {
+                        trash.push(to);
+                    }
                 }
                 todo.extend(kids);
             }
@@ -598,7 +612,11 @@ mod tests {
         assert_eq!(p.max_used, Some(Space::Bytes(5)));
         assert_eq!(p.reserved, Some(Space::Percent(10)));
         assert_eq!(p.keep_duration, Some(Duration::from_secs(3600)));
-        std::fs::write(dir.path().join("config.json"), r#"{"gc": {"max-used": "1GB"}}"#).unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"gc": {"max-used": "1GB"}}"#,
+        )
+        .unwrap();
         assert!(flags.with_config_file(dir.path()).is_err());
     }
 
@@ -626,6 +644,15 @@ mod tests {
         });
         assert_eq!(d.reserved, Some(Space::Bytes(RESERVED_CAP)));
         assert_eq!(d.max_used, Some(Space::Bytes(MAX_USED_CAP)));
+        let small = Policy {
+            max_used: Some(Space::Bytes(1000)),
+            ..Policy::default()
+        }
+        .with_defaults(Disk {
+            total: 1 << 40,
+            free: 1 << 39,
+        });
+        assert_eq!(small.reserved, Some(Space::Bytes(1000)));
     }
 
     fn blob(store: &Store, bytes: &[u8]) -> crate::store::Digest {

@@ -108,6 +108,11 @@ impl RecordKind {
         })
     }
 
+    /// Named images, which GC removes after everything else.
+    pub fn is_named_image(self) -> bool {
+        matches!(self, RecordKind::Image | RecordKind::BaseImage)
+    }
+
     /// Every kind.
     pub const ALL: [RecordKind; 5] = [
         RecordKind::Blob,
@@ -175,6 +180,8 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")
             .with_context(|| format!("cannot use the cache index {}", path.display()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The write-ahead log is cut back to this after a checkpoint.
+        conn.pragma_update(None, "journal_size_limit", 1 << 20)?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot set up the cache index {}", path.display()))?;
         Ok(Db {
@@ -254,6 +261,24 @@ impl Store {
         }
         let db = guard.as_mut().expect("index connection was just opened");
         f(&mut db.conn).context("cache index")
+    }
+
+    /// Bytes of the index's own files (database, write-ahead log, shared memory).
+    pub fn index_size(&self) -> u64 {
+        ["index.db", "index.db-wal", "index.db-shm"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.root.join(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Moves the write-ahead log into the database and truncates it (best effort: readers
+    /// of other processes may hold it).
+    pub fn checkpoint(&self) {
+        let _ = self.with_db(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        });
     }
 
     /// Leases `id` for this process (GC leaves it alone until the process ends).
@@ -451,9 +476,8 @@ impl Store {
     /// Every remembered context file digest.
     pub fn file_digests(&self) -> Result<Vec<(FileKey, Digest)>> {
         self.with_db(|c| {
-            let mut st = c.prepare(
-                "SELECT dev, ino, size, mtime_ns, ctime_ns, digest FROM file_digests",
-            )?;
+            let mut st =
+                c.prepare("SELECT dev, ino, size, mtime_ns, ctime_ns, digest FROM file_digests")?;
             let rows = st.query_map([], |r| {
                 Ok((
                     FileKey {

@@ -266,10 +266,68 @@ impl Store {
                     .is_some_and(|age| age > LEGACY_TEMP_AGE)
             };
             if dead {
+                if is_lease_dir {
+                    self.recover_staged(&e.path())?;
+                }
                 remove_tree(&e.path());
             }
         }
         Ok(())
+    }
+
+    /// Settles what a dead process left half-done in its temporary directory `dir`: a
+    /// blob it linked into place without committing its row (`commit-<hex>`, same inode)
+    /// is unlinked; a blob or cache directory GC moved aside (`gc-<hex>`, `gc-mount-<name>`)
+    /// whose row survived (the removal never committed) goes back.
+    fn recover_staged(&self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Ok(());
+        };
+        let names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("commit-") || n.starts_with("gc-"))
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.write_tx(|tx| {
+            for name in &names {
+                let staged = dir.join(name);
+                if let Some(rest) = name.strip_prefix("gc-mount-") {
+                    let place = self.root.join("mounts").join(rest);
+                    if self.record_in(tx, &format!("mount:{rest}"))?.is_some() && !place.exists() {
+                        let _ = fs::rename(&staged, &place);
+                    }
+                    continue;
+                }
+                let (hex, gc) = match (name.strip_prefix("commit-"), name.strip_prefix("gc-")) {
+                    (Some(h), _) => (h, false),
+                    (_, Some(h)) => (h, true),
+                    _ => continue,
+                };
+                let Ok(digest) = format!("sha256:{hex}").parse::<Digest>() else {
+                    continue;
+                };
+                let place = self.blob_path(&digest);
+                let indexed = self.record_in(tx, &digest.to_string())?.is_some();
+                if gc {
+                    if indexed && !place.exists() {
+                        let _ = fs::rename(&staged, &place);
+                    }
+                } else if !indexed {
+                    let same = match (fs::metadata(&staged), fs::metadata(&place)) {
+                        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                        _ => false,
+                    };
+                    if same {
+                        let _ = fs::remove_file(&place);
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// The store's root directory.
@@ -326,12 +384,7 @@ impl Store {
             data: None,
         };
         if self.record_in(tx, &id)?.is_none() {
-            let children = if meta.len() <= MAX_MANIFEST_SIZE {
-                fs::read(&path).map(|b| children_of(&b)).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            Self::put_record_in(tx, &rec, &children, false)?;
+            Self::put_record_in(tx, &rec, &children_of_file(&path), false)?;
         }
         Self::touch_in(tx, &id)?;
         Ok(true)
@@ -357,7 +410,8 @@ impl Store {
     /// and indexes it, leased for this process. If the blob already exists the temporary
     /// file is dropped.
     pub fn commit_blob(&self, tmp: tempfile::NamedTempFile, digest: &Digest) -> Result<PathBuf> {
-        self.commit_blob_with(tmp, digest, &[])
+        let children = children_of_file(tmp.path());
+        self.commit_blob_with(tmp, digest, &children)
     }
 
     fn commit_blob_with(
@@ -369,15 +423,28 @@ impl Store {
         let dest = self.blob_path(digest);
         tmp.as_file().sync_all()?;
         let size = tmp.as_file().metadata()?.len();
+        // Named by its digest in this process's directory, then linked into place in the
+        // transaction that adds its row: a process killed in between leaves the name
+        // behind, which tells the next start what to undo.
+        let staged = self.tmp_dir().join(format!("commit-{}", digest.hex()));
+        tmp.persist(&staged)
+            .map_err(|e| e.error)
+            .with_context(|| format!("cannot store blob {digest}"))?;
+        let _remove_staged = RemoveOnDrop(&staged);
         self.write_tx(|tx| {
             let id = digest.to_string();
             self.lease_in(tx, &id)?;
             if self.record_in(tx, &id)?.is_some() && dest.is_file() {
                 return Ok(());
             }
-            tmp.persist(&dest)
-                .map_err(|e| e.error)
-                .with_context(|| format!("cannot store blob {digest}"))?;
+            match fs::hard_link(&staged, &dest) {
+                Ok(()) => {}
+                // Left by a process that died before its row: the same content.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot store blob {digest}"));
+                }
+            }
             let t = index::now();
             let rec = index::Record {
                 id,
@@ -423,8 +490,30 @@ impl Store {
     }
 }
 
+/// Removes a file when dropped.
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}
+
 /// Manifests and indexes larger than this are not looked into for references.
 const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// [`children_of`] for a file: only a small file that starts like JSON is read whole.
+fn children_of_file(path: &Path) -> Vec<String> {
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    let mut first = [0u8; 1];
+    let small = f.metadata().is_ok_and(|m| m.len() <= MAX_MANIFEST_SIZE);
+    if !small || f.read_exact(&mut first).is_err() || first[0] != b'{' {
+        return Vec::new();
+    }
+    fs::read(path).map(|b| children_of(&b)).unwrap_or_default()
+}
 
 /// The digests a manifest (config, layers) or an index (manifests) names; nothing for
 /// anything else.

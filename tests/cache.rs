@@ -360,19 +360,32 @@ fn image_rm_frees_what_only_that_image_held() {
     let Some(b) = setup(test, &sized("kept", 2), &[]) else {
         return;
     };
-    let ran = b.build(&["--pull=never", "-o", "type=image,name=mine:1"]);
-    ran.assert_ok("build into the store");
-    let with_image = rbuild_du_total(&b);
-    // The step records still hold the layer: prune them, keep the name.
+    let built = build(&b, &["-o", "type=image,name=mine:1"]);
+    let layers = layer_digests(&built);
+    let own = layers.last().expect("a layer").clone();
+    let blob = |d: &str| {
+        b.cache
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    assert!(blob(&own).is_file());
+    // The step records hold the layer, and so does the name: pruning steps keeps it.
     rbuild_in(&b, &["prune", "--force", "--filter", "type=regular"]).assert_ok("prune");
-    let after_prune = rbuild_du_total(&b);
     assert!(
-        after_prune + 100_000 > with_image,
+        blob(&own).is_file(),
         "the named image lost its layer to a prune of steps"
     );
+    let before = rbuild_du_total(&b);
     b.image_cmd("rm", &["mine:1"]).assert_ok("image rm");
     rbuild_in(&b, &["prune", "--force"]).assert_ok("prune");
-    let freed = with_image.saturating_sub(rbuild_du_total(&b));
+    assert!(
+        !blob(&own).exists(),
+        "image rm + prune kept the image's own layer"
+    );
+    for base_layer in &layers[..layers.len() - 1] {
+        assert!(blob(base_layer).is_file(), "the base image lost a layer");
+    }
+    let freed = before.saturating_sub(rbuild_du_total(&b));
     assert!(
         freed > 1_900_000,
         "image rm + prune freed only {freed} bytes"

@@ -166,7 +166,7 @@ fn open(dir: Option<PathBuf>) -> Result<Store> {
 fn du(args: DuArgs) -> Result<i32> {
     let filter = filter_of(&args.filters, true)?;
     let store = open(args.cache_dir)?;
-    let (rows, used) = gc::usage(&store, &filter)?;
+    let (rows, sum) = gc::usage(&store, &filter)?;
     let t = now();
     if args.verbose {
         for u in &rows {
@@ -187,22 +187,10 @@ fn du(args: DuArgs) -> Result<i32> {
             );
         }
     }
-    let private: u64 = rows.iter().map(|u| u.private).sum();
-    let reclaimable: u64 = rows
-        .iter()
-        .filter(|u| u.reclaimable)
-        .map(|u| u.private)
-        .sum();
-    let shown_total: u64 = if filter == filter_of(&[], true)? {
-        used
-    } else {
-        private + rows.iter().map(|u| u.shared).max().unwrap_or(0)
-    };
-    let shared = shown_total.saturating_sub(private);
-    println!("Shared:\t\t{}", human_size(shared));
-    println!("Private:\t{}", human_size(private));
-    println!("Reclaimable:\t{}", human_size(reclaimable));
-    println!("Total:\t\t{}", human_size(shown_total));
+    println!("Shared:\t\t{}", human_size(sum.shared));
+    println!("Private:\t{}", human_size(sum.private));
+    println!("Reclaimable:\t{}", human_size(sum.reclaimable));
+    println!("Total:\t\t{}", human_size(sum.total));
     Ok(EXIT_OK)
 }
 

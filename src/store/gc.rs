@@ -526,8 +526,21 @@ pub struct Usage {
     pub parents: Vec<String>,
 }
 
-/// What the cache holds, root by root (oldest use first), and bytes in use in all.
-pub fn usage(store: &Store, filter: &Filter) -> Result<(Vec<Usage>, u64)> {
+/// `rbuild du`'s summary: bytes of the records shown, each blob counted once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Held by more than one root.
+    pub shared: u64,
+    /// Held by one root.
+    pub private: u64,
+    /// What a collection could free now (private bytes of roots no live build leases).
+    pub reclaimable: u64,
+    /// Shared + private, plus the index's own files when nothing is filtered out.
+    pub total: u64,
+}
+
+/// What the cache holds, root by root (oldest use first), and the summary.
+pub fn usage(store: &Store, filter: &Filter) -> Result<(Vec<Usage>, Summary)> {
     let graph = Graph::load(store)?;
     let t = now();
     let mut holders: BTreeMap<String, usize> = BTreeMap::new();
@@ -572,7 +585,28 @@ pub fn usage(store: &Store, filter: &Filter) -> Result<(Vec<Usage>, u64)> {
         });
     }
     out.sort_by_key(|u| (u.record.last_used, u.record.use_count));
-    Ok((out, graph.used()))
+    let mut shown = BTreeSet::new();
+    let mut sum = Summary::default();
+    for u in &out {
+        for b in &reach[&u.record.id] {
+            if !shown.insert(b.clone()) {
+                continue;
+            }
+            if holders.get(b).copied().unwrap_or(0) > 1 {
+                sum.shared += size_of(b);
+            } else {
+                sum.private += size_of(b);
+                if u.reclaimable {
+                    sum.reclaimable += size_of(b);
+                }
+            }
+        }
+    }
+    sum.total = sum.shared + sum.private;
+    if filter.types.is_empty() && filter.until.is_none() {
+        sum.total = graph.used();
+    }
+    Ok((out, sum))
 }
 
 #[cfg(test)]
@@ -663,9 +697,10 @@ mod tests {
     fn lru_roots_go_first_and_shared_blobs_stay() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let shared = blob(&store, &[1u8; 1000]);
-        let a = blob(&store, &[2u8; 1000]);
-        let b = blob(&store, &[3u8; 1000]);
+        const K: u64 = 100_000;
+        let shared = blob(&store, &[1u8; K as usize]);
+        let a = blob(&store, &[2u8; K as usize]);
+        let b = blob(&store, &[3u8; K as usize]);
         let key = |s: &str| crate::store::Digest::of(s.as_bytes());
         let result = |d: &crate::store::Digest| super::super::index::StepResult {
             layer: Some(super::super::index::LayerRef {
@@ -699,20 +734,23 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        let (usage_before, used) = usage(&store, &Filter::default()).unwrap();
-        assert_eq!(used, 3000);
+        let (usage_before, sum) = usage(&store, &Filter::default()).unwrap();
+        assert_eq!(sum.total - store.index_size(), 3 * K);
+        assert_eq!((sum.shared, sum.private), (K, 2 * K));
         assert_eq!(usage_before[0].record.description, "a");
+        // Room for two blobs and a half (the index's own files count too).
         let p = Policy {
-            max_used: Some(Space::Bytes(2500)),
+            max_used: Some(Space::Bytes(store.index_size() + 5 * K / 2)),
             ..Policy::default()
         };
+        let freed = |r: &Report| r.removed.iter().map(|(_, b)| b).sum::<u64>();
         let r = collect(&store, &p, &Filter::default(), false, true).unwrap();
-        assert_eq!(r.after, 2000, "{r:?}");
+        assert_eq!(freed(&r), K, "{r:?}");
         assert!(!store.blob_path(&a).exists());
         assert!(store.blob_path(&b).exists() && store.blob_path(&shared).exists());
         // Removing one holder of the shared blob frees nothing; removing both frees it.
         let r = collect(&store, &Policy::default(), &Filter::default(), false, true).unwrap();
-        assert_eq!(r.after, 0, "{r:?}");
+        assert_eq!(freed(&r), 2 * K, "{r:?}");
         assert!(!store.blob_path(&shared).exists());
     }
 }

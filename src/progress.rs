@@ -96,6 +96,7 @@ impl Progress {
         match self.mode {
             Mode::Plain if cached => eprintln!("#{} CACHED", step.id),
             Mode::Plain => eprintln!("#{} DONE {took:.1}s", step.id),
+            Mode::Tty if cached => eprintln!("\r\x1b[K => CACHED {}", step.title),
             Mode::Tty => eprintln!("\r\x1b[K => {} {took:.1}s", step.title),
             Mode::Quiet => {}
         }

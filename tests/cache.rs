@@ -393,6 +393,42 @@ fn image_rm_frees_what_only_that_image_held() {
     cache_check_is_clean(&b);
 }
 
+#[test]
+fn cache_mounts_are_records_du_shows_and_prune_removes() {
+    let test = "cache_mounts_are_records_du_shows_and_prune_removes";
+    let df = "FROM busybox\nRUN --mount=type=cache,target=/c,id=counter \\\n    echo $(( $(cat /c/n 2>/dev/null || echo 0) + 1 )) > /c/n && cp /c/n /seen\n";
+    let Some(b) = setup(test, df, &[]) else {
+        return;
+    };
+    let seen = |built: &Built| common::build::file_content(&built.fs(), "/seen").unwrap();
+    assert_eq!(seen(&build(&b, &[])), "1\n");
+    assert_eq!(seen(&build(&b, &["--no-cache"])), "2\n");
+    let du = rbuild_in(&b, &["du", "--verbose", "--filter", "type=exec.cachemount"]);
+    du.assert_ok("du");
+    let text = du.stdout_text();
+    assert!(
+        text.contains("cache mount counter") && text.contains("Type:\t\texec.cachemount"),
+        "{text}"
+    );
+    rbuild_in(
+        &b,
+        &["prune", "--force", "--filter", "type=exec.cachemount"],
+    )
+    .assert_ok("prune the cache mount");
+    // The empty lock file stays (a build about to take it must find the same inode).
+    let left: Vec<String> = common::dir_entries(&b.cache.join("mounts"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "the cache mount's directory stayed: {left:?}");
+    assert_eq!(
+        seen(&build(&b, &["--no-cache"])),
+        "1\n",
+        "a pruned cache mount starts empty"
+    );
+    cache_check_is_clean(&b);
+}
+
 /// Deterministic builds (with SOURCE_DATE_EPOCH) for the concurrency and crash tests.
 const DET: [&str; 3] = [
     "FROM busybox\nCOPY a.txt /a.txt\nRUN seq 1 300000 > /n && sleep 0.3\n",

@@ -26,6 +26,10 @@ use rusqlite::{params, OptionalExtension};
 use super::index::{now, Record, RecordKind};
 use super::{remove_tree, Store};
 
+/// Remembered context file digests are forgotten after this many days (a file unchanged
+/// for longer is read once more).
+const FILE_DIGEST_DAYS: i64 = 30;
+
 /// BuildKit's Unix default caps for the reserved and max-used space.
 const RESERVED_CAP: u64 = 10_000_000_000;
 const MAX_USED_CAP: u64 = 100_000_000_000;
@@ -399,6 +403,7 @@ pub fn collect(
             report.removed.push((rec.id.clone(), bytes));
         }
     }
+    store.forget_file_digests(t - FILE_DIGEST_DAYS * 86_400)?;
     if !report.removed.is_empty() {
         store.checkpoint();
     }

@@ -527,6 +527,17 @@ impl Store {
         })
     }
 
+    /// Forgets the context file digests remembered before `before` (seconds).
+    pub fn forget_file_digests(&self, before: i64) -> Result<()> {
+        self.write_tx(|tx| {
+            tx.execute(
+                "DELETE FROM file_digests WHERE last_used < ?1",
+                params![before],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Records that this build uses the cache mount in `dir` (leased for this process),
     /// with its size when it was measured.
     pub fn note_cache_mount(&self, dir: &Path, id: &str, size: Option<u64>) -> Result<()> {

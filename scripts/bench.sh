@@ -26,6 +26,17 @@
 #              same user, when buildah runs here (else n/a, with the reason).
 #              Target (ii): wall <= 0.7x buildah. If a step starts with SIGPIPE ignored
 #              (`yes | head` would never end), (ii) feeds head from a fifo and says so.
+#   cache      the shared harness (../shared/bench, run-matrix.sh; as root, builds as its
+#              user `tester`) in one run for rbuild, buildah-overlay and docker-buildkit
+#              (BuildKit in Docker Engine: docker.io installed and the private dockerd of
+#              start-dockerd.sh started; left out, with the reason, when that fails) on
+#              CACHE_WORKLOADS (default: multistage debian-extract): cold, warm and
+#              incremental (one context file of the last COPY changed). Targets: warm <=
+#              0.2x buildah and <= 1.0x BuildKit and <= 5% of rbuild's own cold; incremental
+#              <= 0.3x buildah and <= 1.0x BuildKit.
+#   gc         one build of GC_LAYERS (default 50) RUN steps writing GC_LAYER_MB (default
+#              100) MB of random bytes each (5 GB of step records, untimed), then
+#              `rbuild prune --max-used-space 1GB`, timed. Target: <= 5 s.
 # Every measurement runs REPS times (default 3); tables show the median and all runs.
 # Page caches are kept (contexts are hot, as in CI after a checkout); `sync` before each run.
 # Environment: RBUILD (default target/rbuild), REPS, SETTLE (seconds to wait after wiping a
@@ -57,7 +68,7 @@ WORK=$ROOT/_work/bench
 REPS=${REPS:-3}
 SETTLE=${SETTLE:-0}
 TIME=/usr/bin/time
-BENCHES=(copy-many pull run)
+BENCHES=(copy-many pull run cache gc)
 
 log() { echo "bench: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -506,6 +517,117 @@ bench_pull() {
 
 # setup_run_user DIR: who runs the RUN benchmark, and DIR (under /tmp) owned by them.
 # Sets RUN_AS (command prefix: that user, cwd DIR) and RUN_WHO (a description).
+bench_cache() {
+    local SB
+    SB=$(cd "$ROOT/../shared/bench" 2>/dev/null && pwd) || { echo "no shared bench next to the project (../shared/bench)"; return 1; }
+    [ "$(id -u)" = 0 ] || { echo "cache: the shared harness runs as root (builds run as its user tester)"; return 1; }
+    local tools="rbuild buildah-overlay" na_bk='' wls=${CACHE_WORKLOADS:-multistage debian-extract}
+    ensure_cmd buildah buildah fuse-overlayfs crun || { echo "cache: buildah cannot be installed"; return 1; }
+    ensure_cmd debootstrap debootstrap >/dev/null || true
+    if ensure_cmd dockerd docker.io && "$SB/start-dockerd.sh" >&2; then
+        tools+=" docker-buildkit"
+    else
+        na_bk="BuildKit (docker-buildkit) left out: docker.io or its daemon is not available here"
+    fi
+    if ! id tester >/dev/null 2>&1; then
+        useradd -m -s /bin/bash tester && usermod --add-subuids 100000-165535 --add-subgids 100000-165535 tester || return 1
+    fi
+    [ -f "$SB/images/busybox-oci.tar" ] || "$SB/make-busybox-base.sh" >&2 || return 1
+    case " $wls " in *" debian-extract "* | *" run-steps "*)
+        [ -f "$SB/images/debian-oci.tar" ] || "$SB/make-debian-base.sh" >&2 || return 1 ;;
+    esac
+    local bw=$WORK/shared id
+    id=cache-$(date +%Y%m%d-%H%M%S)
+    mkdir -p "$bw"
+    # the harness's own directories belong to its build user
+    chown -R tester: "$bw"
+    log "cache: run-matrix.sh -r $REPS -t \"$tools\" -w \"$wls\" (run $id; log ${bw#"$ROOT"/}/matrix-$id.log)"
+    RBUILD=$RBUILD BENCH_WORK=$bw RUN_ID=$id "$SB/run-matrix.sh" -r "$REPS" -t "$tools" -w "$wls" \
+        >"$bw/matrix-$id.log" 2>&1 || log "cache: run-matrix.sh failed (see the log)"
+    echo "## cache: warm and incremental rebuilds beside buildah and BuildKit (shared harness, run $id)"
+    echo
+    [ -z "$na_bk" ] || { echo "$na_bk"; echo; }
+    /usr/bin/python3 - "$bw/results/raw.tsv" "$id" <<'PY'
+import statistics, sys
+from collections import defaultdict
+path, run = sys.argv[1], sys.argv[2]
+walls = defaultdict(list)
+fails = defaultdict(int)
+for line in open(path):
+    f = line.rstrip("\n").split("\t")
+    if len(f) < 8 or f[0] != run:
+        continue
+    key = (f[3], f[4], f[2])
+    if f[6] == "ok":
+        walls[key].append(float(f[7]))
+    else:
+        fails[key] += 1
+med = {k: statistics.median(v) for k, v in walls.items()}
+tools = sorted({k[2] for k in list(walls) + list(fails)})
+print("| workload | scenario | " + " | ".join(f"{t} wall s" for t in tools)
+      + " | rbuild / buildah | rbuild / BuildKit | rbuild / own cold | targets |")
+print("|---|---|" + "---:|" * len(tools) + "---:|---:|---:|---|")
+targets = {"warm": (0.2, 1.0, 0.05), "incremental": (0.3, 1.0, None)}
+for wl in sorted({k[0] for k in walls}):
+    for sc in ("cold", "warm", "incremental"):
+        cells = []
+        for t in tools:
+            v = med.get((wl, sc, t))
+            cells.append("-" if v is None else f"{v:.2f}" + (f" ({fails[(wl, sc, t)]} FAIL)" if fails[(wl, sc, t)] else ""))
+        rb = med.get((wl, sc, "rbuild"))
+        def r(other):
+            o = med.get((wl, sc, other))
+            return rb / o if rb is not None and o else None
+        cold = med.get((wl, "cold", "rbuild"))
+        own = rb / cold if rb is not None and cold and sc != "cold" else None
+        rs = [r("buildah-overlay"), r("docker-buildkit"), own]
+        verdict = "-"
+        if sc in targets:
+            lim = targets[sc]
+            ok = all(x is None or l is None or x <= l for x, l in zip(rs, lim))
+            verdict = ("met" if ok else "NOT met") + " (" + ", ".join(
+                f"<= {l}" for l in lim if l is not None) + ")"
+        fmt = lambda x: "-" if x is None else f"{x:.2f}x"
+        print(f"| {wl} | {sc} | " + " | ".join(cells) + f" | {fmt(rs[0])} | {fmt(rs[1])} | {fmt(rs[2])} | {verdict} |")
+PY
+    echo
+    echo "Full medians (CPU, RSS, output and store sizes): ${bw#"$ROOT"/}/results/matrix-$id.md"
+    echo
+}
+
+bench_gc() {
+    local T=$WORK/gc n=${GC_LAYERS:-50} mb=${GC_LAYER_MB:-100} i res
+    local oci=$ROOT/testdata/generated/busybox/busybox-oci.tar
+    if [ ! -f "$oci" ]; then
+        RBUILD=$RBUILD "$HERE/make-busybox-base.sh" >&2 || { log "gc: make-busybox-base.sh failed"; return 1; }
+    fi
+    rm -rf "$T"
+    mkdir -p "$T/ctx"
+    {
+        echo "FROM busybox"
+        for i in $(seq 1 "$n"); do echo "RUN head -c $((mb * 1000000)) /dev/urandom > /f$i"; done
+    } >"$T/ctx/Dockerfile"
+    "$RBUILD" image load --cache-dir "$T/cache" "$oci" >/dev/null || return 1
+    log "gc: filling a cache with $n x $mb MB step records (untimed) ..."
+    "$RBUILD" build --cache-dir "$T/cache" --pull=never --progress=plain --max-used-space 1TB \
+        "$T/ctx" >"$T/fill.log" 2>&1 || { log "gc: the filling build failed (${T#"$ROOT"/}/fill.log)"; return 1; }
+    local before after
+    before=$(du -sb "$T/cache" | cut -f1)
+    timed res -- "$RBUILD" prune --cache-dir "$T/cache" --force --max-used-space 1GB >"$T/prune.log" 2>&1
+    after=$(du -sb "$T/cache" | cut -f1)
+    local wall=${res%% *}
+    echo "## gc: a $(bytes_to_mb "$before") MB cache collected to 1 GB"
+    echo
+    echo "| measurement | value | target |"
+    echo "|---|---:|---|"
+    echo "| \`rbuild prune --max-used-space 1GB\`, wall | ${wall} s | <= 5 s: $(le "$wall" 5 && echo met || echo NOT met) |"
+    echo "| cache before (du -sb) | $(bytes_to_mb "$before") MB | |"
+    echo "| cache after (du -sb) | $(bytes_to_mb "$after") MB | <= 1073.7 MB: $(le "$after" 1073741824 && echo met || echo NOT met) |"
+    echo "| records removed | $(grep -c '^[0-9a-f]\{6\}' "$T/prune.log" || true) | |"
+    echo
+    rm -rf "$T"
+}
+
 setup_run_user() {
     local dir=$1
     if [ "$(id -u)" != 0 ]; then

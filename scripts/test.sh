@@ -9,6 +9,8 @@
 #  5. as root only: runs the integration test binaries again as the unprivileged user
 #     rbuild-tester (created with subordinate uid/gid ranges), from a world-readable copy
 #     under /tmp, so the rootless code paths (and rootless podman/umoci) are tested too;
+#     The RUN and cache suites run once more as rbuild-tester on the walk snapshotter
+#     (the default, auto, picks the kernel overlay where it works).
 #  6. as root only: runs the RUN and offline suites once more as rbuild-single, a user
 #     with no sub-id ranges, so rbuild falls back to mapping that user's id alone (what
 #     needs other ids skips, saying why).
@@ -119,6 +121,7 @@ as_user() {
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         HOME="$RUN_DIR/home" TMPDIR="$RUN_DIR/tmp" XDG_RUNTIME_DIR="$RUN_DIR/xdg-$1" \
         LC_ALL=C.UTF-8 CI="${CI:-}" RUST_BACKTRACE=1 \
+        ${RBUILD_SNAPSHOTTER:+RBUILD_SNAPSHOTTER=$RBUILD_SNAPSHOTTER} \
         RBUILD_BIN="$RUN_DIR/rbuild" RBUILD_TESTDATA="$RUN_DIR/testdata" \
         timeout 30m "${@:2}")
 }
@@ -126,6 +129,14 @@ as_user() {
 for bin in "$RUN_DIR"/bin/*; do
     log "$(basename "$bin") as $TEST_USER"
     as_user "$TEST_USER" "$bin" || failed+=("$(basename "$bin") as $TEST_USER")
+done
+# The default snapshotter is auto (the kernel overlay here); the RUN and cache suites run
+# once more on walk, the fallback where overlay cannot be used. (copy is compared with
+# both, layer by layer, inside the RUN suite.)
+for bin in "$RUN_DIR"/bin/run-* "$RUN_DIR"/bin/cache-*; do
+    log "$(basename "$bin") as $TEST_USER with RBUILD_SNAPSHOTTER=walk"
+    RBUILD_SNAPSHOTTER=walk as_user "$TEST_USER" "$bin" ||
+        failed+=("$(basename "$bin") as $TEST_USER, walk")
 done
 
 log "setting up $SINGLE_USER, a user with no sub-id ranges (rbuild maps only its own id)"

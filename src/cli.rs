@@ -145,10 +145,12 @@ pub struct BuildArgs {
     /// namespaces cannot be made), namespaces, or chroot.
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub isolation: String,
-    /// How RUN steps get their root and their layer: walk (in place; the layer is the
-    /// difference from a record taken before the step) or copy (a private copy of the
-    /// root, reflinked where the filesystem can, diffed against its parent).
-    #[arg(long, value_name = "NAME", env = "RBUILD_SNAPSHOTTER", default_value = "walk",
+    /// How RUN steps get their root and their layer: overlay (a kernel overlay of the
+    /// cache's unpacked layers; the layer is read from the upper directory), walk (in
+    /// place; the layer is the difference from a record taken before the step), copy (a
+    /// private copy of the root, reflinked where the filesystem can), or auto (overlay
+    /// where it works here, else walk).
+    #[arg(long, value_name = "NAME", env = "RBUILD_SNAPSHOTTER", default_value = "auto",
           value_parser = |s: &str| Snapshotter::parse(s).map_err(|e| e.to_string()))]
     pub snapshotter: Snapshotter,
     /// The build context: a directory, or `-` for a tar stream on stdin.
@@ -373,6 +375,7 @@ fn prepare_sandbox(
     isolation: &str,
     snapshotter: Snapshotter,
     mount_inputs: MountInputs,
+    store: &Store,
     progress: &Progress,
 ) -> Result<RunEnvironment> {
     use crate::sandbox::run::Isolation;
@@ -402,13 +405,42 @@ fn prepare_sandbox(
         .map(|c| c.to_string())
         .collect();
     let seccomp = Filter::default_profile(&caps, crate::sandbox::seccomp::kernel_version())?;
+    let snapshotter = resolve_snapshotter(snapshotter, isolation, store)?;
     Ok(RunEnvironment {
         isolation,
         snapshotter,
+        single_id: matches!(mapping, crate::sandbox::userns::Mapping::SingleId { .. }),
         mount_inputs,
         seccomp,
         cancel,
     })
+}
+
+/// `auto` becomes overlay when the kernel overlay works here (the build then has a mount
+/// namespace of its own), else walk; `overlay` fails with the reason when it does not.
+fn resolve_snapshotter(
+    wanted: Snapshotter,
+    isolation: crate::sandbox::run::Isolation,
+    store: &Store,
+) -> Result<Snapshotter> {
+    if !matches!(wanted, Snapshotter::Auto | Snapshotter::Overlay) {
+        return Ok(wanted);
+    }
+    let usable = if isolation == crate::sandbox::run::Isolation::Chroot {
+        Err(anyhow!(
+            "RUN steps use the chroot isolation, which has no mount namespace"
+        ))
+    } else {
+        crate::snapshot::overlay::private_mount_namespace()
+            .and_then(|()| crate::snapshot::overlay::probe(&store.tmp_dir()))
+    };
+    match (usable, wanted) {
+        (Ok(()), _) => Ok(Snapshotter::Overlay),
+        (Err(_), Snapshotter::Auto) => Ok(Snapshotter::Walk),
+        (Err(e), _) => {
+            Err(e.context("--snapshotter=overlay: the kernel overlay cannot be used here"))
+        }
+    }
 }
 
 /// Parses `--build-context NAME=VALUE` values.
@@ -592,8 +624,14 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     }
     let run_env = if plan_has_run(&plan) {
         Some(
-            prepare_sandbox(&args.isolation, args.snapshotter, mount_inputs, &progress)
-                .map_err(build_failed)?,
+            prepare_sandbox(
+                &args.isolation,
+                args.snapshotter,
+                mount_inputs,
+                &store,
+                &progress,
+            )
+            .map_err(build_failed)?,
         )
     } else {
         None

@@ -420,7 +420,10 @@ fn cache_mounts_are_records_du_shows_and_prune_removes() {
         .into_iter()
         .filter(|n| !n.ends_with(".lock"))
         .collect();
-    assert!(left.is_empty(), "the cache mount's directory stayed: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the cache mount's directory stayed: {left:?}"
+    );
     assert_eq!(
         seen(&build(&b, &["--no-cache"])),
         "1\n",

@@ -217,15 +217,22 @@ pub enum Snapshotter {
     /// the filesystem can); the layer is the difference between the copy and its parent,
     /// which stays as it was if the step fails.
     Copy,
+    /// The step's root is a kernel overlay of the store's unpacked layers with a fresh
+    /// upper directory; the layer is read from the upper directory alone.
+    Overlay,
+    /// Overlay where this kernel and cache directory allow it (probed), else walk.
+    Auto,
 }
 
 impl Snapshotter {
-    /// Parses `walk` or `copy`.
+    /// Parses `auto`, `overlay`, `walk` or `copy`.
     pub fn parse(name: &str) -> Result<Snapshotter> {
         match name {
+            "auto" => Ok(Snapshotter::Auto),
+            "overlay" => Ok(Snapshotter::Overlay),
             "walk" => Ok(Snapshotter::Walk),
             "copy" => Ok(Snapshotter::Copy),
-            other => bail!("unknown snapshotter {other:?}: expected walk or copy"),
+            other => bail!("unknown snapshotter {other:?}: expected auto, overlay, walk or copy"),
         }
     }
 
@@ -234,6 +241,8 @@ impl Snapshotter {
         match self {
             Snapshotter::Walk => "walk",
             Snapshotter::Copy => "copy",
+            Snapshotter::Overlay => "overlay",
+            Snapshotter::Auto => "auto",
         }
     }
 }

@@ -6,6 +6,7 @@ mod apply;
 pub mod clone;
 pub mod compression;
 mod layer;
+pub mod overlay;
 mod pgzip;
 pub mod tar_writer;
 pub mod walk;

@@ -68,7 +68,8 @@ pub struct TreeState {
 /// of the RUN sandbox.
 pub const SANDBOX_MOUNTS: &[&str] = &["proc", "sys", "dev"];
 
-fn skipped(rel: &str) -> bool {
+/// Whether `rel` is below one of the sandbox's mount points (never part of a layer).
+pub fn skipped(rel: &str) -> bool {
     SANDBOX_MOUNTS.iter().any(|m| {
         rel.strip_prefix(m)
             .is_some_and(|rest| rest.starts_with('/'))

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod copy;
 pub mod mounts;
+mod overlay_root;
 pub mod rootfs;
 pub mod run;
 pub mod users;
@@ -28,8 +29,8 @@ use crate::store::{Digest, Store};
 use cache::{chain_id, from_result, step_key, to_result, CacheOptions, KeyBase};
 use copy::{copy_entries, CopyInputs};
 use mounts::MountFrom;
-use rootfs::{read_image_file, resolve_in_root, FileKind, Rootfs};
-use run::{run_command, RunEnvironment, StepInputs};
+use rootfs::{read_image_file, resolve_in_root, FileKind, RootKind, Rootfs};
+use run::{run_command, Differ, RunEnvironment, StepInputs};
 use users::resolve_owner;
 
 /// What a build needs besides the plan.
@@ -54,6 +55,13 @@ pub struct BuildInputs<'a> {
     pub cache: &'a CacheOptions,
 }
 
+impl BuildInputs<'_> {
+    /// How stage roots are kept: an overlay when RUN steps use the overlay snapshotter.
+    fn root_kind(&self) -> RootKind {
+        self.run.map_or(RootKind::Dir, RunEnvironment::root_kind)
+    }
+}
+
 /// The result of a build.
 pub struct BuildOutput {
     /// The image, all of whose blobs are in the store.
@@ -70,9 +78,9 @@ struct StageState {
 }
 
 impl StageState {
-    fn rootfs(&mut self, store: &Store) -> Result<&std::path::Path> {
+    fn rootfs(&mut self, store: &Store, kind: RootKind) -> Result<&std::path::Path> {
         if self.rootfs.is_none() {
-            self.rootfs = Some(Rootfs::new(store)?);
+            self.rootfs = Some(Rootfs::new(store, kind)?);
         }
         let rootfs = self.rootfs.as_mut().expect("rootfs was just created");
         rootfs.sync(store, &self.layers)
@@ -263,7 +271,7 @@ fn from_root(
         }
     };
     Ok(Some(FromRoot::Filesystem(
-        st.rootfs(inp.store)?.to_path_buf(),
+        st.rootfs(inp.store, inp.root_kind())?.to_path_buf(),
     )))
 }
 
@@ -403,7 +411,7 @@ fn run_step(
         StepKind::Workdir(dir) => {
             ConfigEdit::Workdir(dir.clone()).apply(&mut state.config);
             let user = state.config.config.user.clone();
-            let root = state.rootfs(inp.store)?;
+            let root = state.rootfs(inp.store, inp.root_kind())?;
             let owner = if user.is_empty() {
                 users::Owner { uid: 0, gid: 0 }
             } else {
@@ -420,7 +428,7 @@ fn run_step(
             Ok(Some(write_layer(inp.store, entries, &opts)?))
         }
         StepKind::Copy(c) => {
-            let dest_root = state.rootfs(inp.store)?.to_path_buf();
+            let dest_root = state.rootfs(inp.store, inp.root_kind())?.to_path_buf();
             let owner = match &c.chown {
                 Some(spec) => Some(resolve_owner(
                     spec,
@@ -464,13 +472,22 @@ fn run_step(
             let env = inp.run.ok_or_else(|| {
                 anyhow!("RUN needs the sandbox, which this build did not prepare")
             })?;
-            let root = state.rootfs(inp.store)?.to_path_buf();
+            let root = state.rootfs(inp.store, inp.root_kind())?.to_path_buf();
             // The copy snapshotter runs the step on a private copy; the walk one in place.
             let copy = match (env.snapshotter, &state.rootfs) {
                 (Snapshotter::Copy, Some(parent)) => Some(parent.private_copy(inp.store)?),
                 _ => None,
             };
             let step_root = copy.as_ref().map_or(root, |c| c.path().to_path_buf());
+            // An overlay root: the step's changes are read from its upper directory.
+            let overlay_dirs = match (&copy, state.rootfs.as_mut()) {
+                (None, Some(r)) => r.step_dirs()?,
+                _ => None,
+            };
+            let differ = match &overlay_dirs {
+                Some((upper, lower)) => Differ::Upper { upper, lower },
+                None => Differ::Walk,
+            };
             let mut mount_from = Vec::new();
             for m in &r.mounts {
                 mount_from.push(match &m.from {
@@ -492,6 +509,7 @@ fn run_step(
             let result = run_command(
                 env,
                 &step_root,
+                differ,
                 &state.config,
                 r,
                 step_inputs,
@@ -512,12 +530,17 @@ fn run_step(
                 state.rootfs = Some(copy);
             }
             if entries.is_empty() {
+                if let Some(r) = state.rootfs.as_mut() {
+                    r.step_empty();
+                }
                 return Ok(None);
             }
             let layer = write_layer(inp.store, entries, &opts)?;
             if let Some(r) = state.rootfs.as_mut() {
                 // The tree already holds this layer's changes.
-                r.assume_applied(state.layers.len() + 1);
+                let mut with = state.layers.clone();
+                with.push(layer.clone());
+                r.step_done(inp.store, &with)?;
             }
             Ok(Some(layer))
         }

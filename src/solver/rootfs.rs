@@ -12,25 +12,59 @@ use crate::image::Layer;
 use crate::snapshot::{apply_layer, compression::decompressing_reader, ApplyOptions};
 use crate::store::Store;
 
+use super::overlay_root::OverlayRoot;
+
 /// Owners recorded in the layers, by path relative to the root.
 pub type OwnerMap = BTreeMap<String, (u32, u32)>;
 
-/// A directory holding a stage's root filesystem, kept in step with its layers lazily.
+/// A stage's root filesystem, kept in step with its layers lazily: a directory with the
+/// layers applied, or an overlay of the store's snapshots.
 ///
 /// Without privileges files cannot be given other owners on disk, so the owners the layers
 /// record are kept in a map beside the tree; as root the disk itself is right.
 pub struct Rootfs {
-    dir: tempfile::TempDir,
+    tree: Tree,
     applied: usize,
     owners: Option<OwnerMap>,
 }
 
+enum Tree {
+    /// Every layer applied into one directory (the walk and copy snapshotters).
+    Dir(tempfile::TempDir, PathBuf),
+    /// A kernel overlay of the store's snapshots (the overlay snapshotter).
+    Overlay(Box<OverlayRoot>, PathBuf),
+}
+
+/// How stage roots are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootKind {
+    /// A directory with the layers applied.
+    Dir,
+    /// An overlay of snapshots; `single_id` when only one id is mapped.
+    Overlay {
+        /// Only one id is mapped (owners squashed): snapshots are kept apart.
+        single_id: bool,
+    },
+}
+
 impl Rootfs {
     /// An empty root in the store's temp area (removed on drop).
-    pub fn new(store: &Store) -> Result<Rootfs> {
+    pub fn new(store: &Store, kind: RootKind) -> Result<Rootfs> {
         let privileged = nix::unistd::geteuid().is_root();
+        let tree = match kind {
+            RootKind::Dir => {
+                let dir = store.temp_dir("rootfs-")?;
+                let path = dir.path().to_path_buf();
+                Tree::Dir(dir, path)
+            }
+            RootKind::Overlay { single_id } => {
+                let o = OverlayRoot::new(store, single_id)?;
+                let path = o.merged();
+                Tree::Overlay(Box::new(o), path)
+            }
+        };
         Ok(Rootfs {
-            dir: store.temp_dir("rootfs-")?,
+            tree,
             applied: 0,
             owners: (!privileged).then(OwnerMap::new),
         })
@@ -38,7 +72,36 @@ impl Rootfs {
 
     /// The root directory (as of the last sync).
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        match &self.tree {
+            Tree::Dir(_, p) | Tree::Overlay(_, p) => p,
+        }
+    }
+
+    /// For a RUN on an overlay root: the upper directory the step's changes go to and a
+    /// view of the layers below; None for a directory root.
+    pub fn step_dirs(&mut self) -> Result<Option<(PathBuf, PathBuf)>> {
+        match &mut self.tree {
+            Tree::Dir(..) => Ok(None),
+            Tree::Overlay(o, _) => o.step_dirs().map(Some),
+        }
+    }
+
+    /// After a RUN that made the last of `layers`: the tree holds it (an overlay keeps the
+    /// step's upper directory as that layer's snapshot).
+    pub fn step_done(&mut self, store: &Store, layers: &[Layer]) -> Result<()> {
+        if let Tree::Overlay(o, _) = &mut self.tree {
+            o.commit_step(store, layers)?;
+        }
+        self.applied = layers.len();
+        Ok(())
+    }
+
+    /// After a RUN that made no layer: an overlay drops what the step left in its upper
+    /// directory (copy-ups without a change).
+    pub fn step_empty(&mut self) {
+        if let Tree::Overlay(o, _) = &mut self.tree {
+            o.discard_step();
+        }
     }
 
     /// The owner of `rel` as the layers record it, when the disk cannot tell (unprivileged).
@@ -51,14 +114,15 @@ impl Rootfs {
     /// A private copy of this root (as of the last sync), for a step that must not change
     /// it: the copy snapshotter. Reflinked where the filesystem can.
     pub fn private_copy(&self, store: &Store) -> Result<Rootfs> {
-        let copy = Rootfs {
-            dir: store.temp_dir("rootfs-")?,
+        let dir = store.temp_dir("rootfs-")?;
+        let path = dir.path().to_path_buf();
+        crate::snapshot::clone::copy_tree(self.path(), &path)
+            .context("cannot make a private copy of the stage's root")?;
+        Ok(Rootfs {
+            tree: Tree::Dir(dir, path),
             applied: self.applied,
             owners: self.owners.clone(),
-        };
-        crate::snapshot::clone::copy_tree(self.dir.path(), copy.dir.path())
-            .context("cannot make a private copy of the stage's root")?;
-        Ok(copy)
+        })
     }
 
     /// Records that the tree already holds the first `count` layers (a RUN changed it in
@@ -69,7 +133,13 @@ impl Rootfs {
 
     /// Applies the layers not yet applied and returns the root directory.
     pub fn sync(&mut self, store: &Store, layers: &[Layer]) -> Result<&Path> {
+        if let Tree::Overlay(o, _) = &mut self.tree {
+            o.sync(store, layers, self.applied)?;
+            self.applied = layers.len();
+            return Ok(self.path());
+        }
         let set_owners = self.owners.is_none();
+        let root = self.path().to_path_buf();
         for layer in &layers[self.applied.min(layers.len())..] {
             let open = || -> Result<Box<dyn Read>> {
                 let blob = store.open_blob(&layer.digest)?;
@@ -79,7 +149,7 @@ impl Rootfs {
             };
             apply_layer(
                 open()?,
-                self.dir.path(),
+                &root,
                 &layer.digest.to_string(),
                 &ApplyOptions {
                     set_owners,
@@ -92,7 +162,7 @@ impl Rootfs {
             }
         }
         self.applied = layers.len();
-        Ok(self.dir.path())
+        Ok(self.path())
     }
 }
 
@@ -136,7 +206,9 @@ fn record_owners(layer: impl Read, owners: &mut OwnerMap) -> Result<()> {
 
 impl Drop for Rootfs {
     fn drop(&mut self) {
-        crate::store::make_removable(self.dir.path());
+        if let Tree::Dir(dir, _) = &self.tree {
+            crate::store::make_removable(dir.path());
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::mounts::{prepare as prepare_mounts, MountFrom, MountInputs, PreparedMounts};
-use super::rootfs::{read_image_file, resolve_in_root, FileKind};
+use super::rootfs::{read_image_file, resolve_in_root, FileKind, RootKind};
 use super::users::resolve_run_user;
 use crate::cancel::Cancel;
 use crate::image::config::ImageConfig;
@@ -23,14 +23,28 @@ use crate::store::Store;
 pub struct RunEnvironment {
     /// Namespaces or chroot.
     pub isolation: Isolation,
-    /// How a step's root is prepared and its layer found.
+    /// How a step's root is prepared and its layer found (never `Auto`: resolved).
     pub snapshotter: Snapshotter,
+    /// Only the caller's own id is mapped (overlay snapshots are kept apart).
+    pub single_id: bool,
     /// Secrets and SSH agents for `RUN --mount`.
     pub mount_inputs: MountInputs,
     /// The compiled seccomp profile.
     pub seccomp: Filter,
     /// Cancellation.
     pub cancel: Cancel,
+}
+
+impl RunEnvironment {
+    /// How stage roots are kept for this snapshotter.
+    pub fn root_kind(&self) -> RootKind {
+        match self.snapshotter {
+            Snapshotter::Overlay => RootKind::Overlay {
+                single_id: self.single_id,
+            },
+            _ => RootKind::Dir,
+        }
+    }
 }
 
 /// The hostname RUN steps see (BuildKit uses a random id; a fixed name keeps builds
@@ -47,11 +61,25 @@ pub struct StepInputs<'a> {
     pub mount_from: Vec<Option<MountFrom<'a>>>,
 }
 
+/// How a step's changes are found.
+pub enum Differ<'a> {
+    /// Record the tree before the step, compare after (walk and copy snapshotters).
+    Walk,
+    /// Read the overlay's upper directory, with a view of the layers below.
+    Upper {
+        /// Where the step's changes went.
+        upper: &'a Path,
+        /// The layers below, read-only.
+        lower: &'a Path,
+    },
+}
+
 /// Runs `step` on `root` with the stage's `config`; `log` receives output lines. Returns
 /// the entries of the layer (empty when the step changed nothing).
 pub fn run_command(
     env: &RunEnvironment,
     root: &Path,
+    differ: Differ<'_>,
     config: &ImageConfig,
     step: &RunStep,
     inputs: StepInputs<'_>,
@@ -102,7 +130,10 @@ pub fn run_command(
 
     let program = find_program(root, &step.argv, &environ)?;
     // The wait for the clock to pass the record happens in the step, before its command.
-    let (before, settled) = TreeState::capture(root)?;
+    let record = match differ {
+        Differ::Walk => Some(TreeState::capture(root)?),
+        Differ::Upper { .. } => None,
+    };
     ensure_workdir(root, &cwd)?;
     // Where the image's /etc/NAME really is (resolv.conf is often a symlink); never over a
     // directory or into the sandbox's own mounts.
@@ -165,7 +196,7 @@ pub fn run_command(
         seccomp: Some(&env.seccomp),
         hostname: HOSTNAME,
         mounts: &mounts.mounts,
-        start_after: Some(settled),
+        start_after: record.as_ref().map(|(_, settled)| *settled),
     };
     let mut pending = Vec::new();
     let outcome = run(&spec, &env.cancel, |bytes| {
@@ -194,7 +225,13 @@ pub fn run_command(
             bail!("process {shown} did not complete successfully: killed by signal {sig}")
         }
     }
-    before.diff(root)
+    match (record, differ) {
+        (Some((before, _)), _) => before.diff(root),
+        (None, Differ::Upper { upper, lower }) => {
+            crate::snapshot::overlay::diff_upper(upper, lower, &crate::snapshot::walk::skipped)
+        }
+        (None, Differ::Walk) => unreachable!("the walk differ always records"),
+    }
 }
 
 /// `argv[0]` as the step will exec it: as given when it holds a `/`, else the first

@@ -259,7 +259,7 @@ impl Filter {
                 .types
                 .push(RecordKind::parse(v.trim()).with_context(|| {
                     format!(
-                    "invalid filter {f:?}: types are regular, image, base-image, exec.cachemount"
+                    "invalid filter {f:?}: types are regular, image, base-image, exec.cachemount, snapshot"
                 )
                 })?),
             "until" => self.until = Some(parse_duration(v)?),
@@ -360,6 +360,7 @@ pub fn collect(
         return Ok(Report::default());
     };
     store.collect_dead()?;
+    store.sweep_snapshot_orphans()?;
     let disk = Disk::of(store.root())?;
     let graph = Graph::load(store)?;
     let before = graph.used();
@@ -486,6 +487,13 @@ impl Store {
                         Some((
                             self.root().join("mounts").join(name),
                             self.tmp_dir().join(format!("gc-mount-{name}")),
+                        ))
+                    }
+                    RecordKind::Snapshot => {
+                        let key = x.trim_start_matches("snapshot:");
+                        Some((
+                            self.snapshot_dir(key),
+                            self.tmp_dir().join(format!("gc-snap-{key}")),
                         ))
                     }
                     _ => None,

@@ -82,6 +82,8 @@ pub enum RecordKind {
     BaseImage,
     /// A `RUN --mount=type=cache` directory.
     CacheMount,
+    /// An unpacked layer (a lower directory of the overlay snapshotter).
+    Snapshot,
 }
 
 impl RecordKind {
@@ -93,6 +95,7 @@ impl RecordKind {
             RecordKind::Image => "image",
             RecordKind::BaseImage => "base-image",
             RecordKind::CacheMount => "exec.cachemount",
+            RecordKind::Snapshot => "snapshot",
         }
     }
 
@@ -104,6 +107,7 @@ impl RecordKind {
             "image" => RecordKind::Image,
             "base-image" | "source.image" => RecordKind::BaseImage,
             "exec.cachemount" | "cache-mount" => RecordKind::CacheMount,
+            "snapshot" => RecordKind::Snapshot,
             _ => return None,
         })
     }
@@ -114,12 +118,13 @@ impl RecordKind {
     }
 
     /// Every kind.
-    pub const ALL: [RecordKind; 5] = [
+    pub const ALL: [RecordKind; 6] = [
         RecordKind::Blob,
         RecordKind::Step,
         RecordKind::Image,
         RecordKind::BaseImage,
         RecordKind::CacheMount,
+        RecordKind::Snapshot,
     ];
 }
 

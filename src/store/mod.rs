@@ -11,6 +11,7 @@ pub mod gc;
 pub mod images;
 pub mod index;
 pub mod lease;
+pub mod snapshots;
 
 use std::fmt;
 use std::fs::{self, File};
@@ -217,6 +218,9 @@ impl Store {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create cache directory {}", root.display()))?;
         }
+        // Absolute: overlay lower directories are named through links to it.
+        let root = &fs::canonicalize(root)
+            .with_context(|| format!("cannot open cache directory {}", root.display()))?;
         let lease = Lease::take(root)?;
         fs::create_dir_all(root.join("tmp").join(lease.id()))
             .with_context(|| format!("cannot create cache directory {}", root.display()))?;
@@ -298,6 +302,14 @@ impl Store {
                 if let Some(rest) = name.strip_prefix("gc-mount-") {
                     let place = self.root.join("mounts").join(rest);
                     if self.record_in(tx, &format!("mount:{rest}"))?.is_some() && !place.exists() {
+                        let _ = fs::rename(&staged, &place);
+                    }
+                    continue;
+                }
+                if let Some(rest) = name.strip_prefix("gc-snap-") {
+                    let place = self.snapshot_dir(rest);
+                    if self.record_in(tx, &format!("snapshot:{rest}"))?.is_some() && !place.exists()
+                    {
                         let _ = fs::rename(&staged, &place);
                     }
                     continue;

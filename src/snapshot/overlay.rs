@@ -1,0 +1,359 @@
+//! The kernel overlay snapshotter's parts: mounting a stack of snapshot directories (the
+//! store's unpacked layers) with a fresh upper directory, probing whether this kernel and
+//! filesystem allow it, and reading a step's layer from the upper directory alone.
+//!
+//! Mounts are made in the build process's own mount namespace (see
+//! [`private_mount_namespace`]), so they die with the process whatever ends it. Options
+//! always include `userxattr` (metadata under `user.overlay.*`, as an unprivileged user
+//! namespace needs; the same as real root, so one cache serves both) and never
+//! `redirect_dir` or `metacopy`. Lower directories are passed as short links below an
+//! open directory (`/proc/self/fd/N/0:…`), so hundreds of layers fit the option size
+//! limit.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::{Content, EntryKind, LayerEntry, OPAQUE_MARKER, WHITEOUT_PREFIX};
+
+/// The xattrs that mark a directory opaque in an upper directory, by writer.
+const OPAQUE_XATTRS: [&str; 3] = [
+    "user.overlay.opaque",
+    "trusted.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+];
+/// Xattrs that mean the upper directory holds more than a plain layer can say.
+const REFUSED_XATTRS: [&str; 4] = [
+    "user.overlay.redirect",
+    "trusted.overlay.redirect",
+    "user.overlay.metacopy",
+    "trusted.overlay.metacopy",
+];
+
+/// Gives this process a private mount namespace (its mounts are seen by no one else and
+/// end with it). Needs CAP_SYS_ADMIN in the process's user namespace.
+pub fn private_mount_namespace() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("cannot make a mount namespace for the build")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("cannot make the build's mounts private")
+}
+
+/// An overlay mount at `target`, unmounted (lazily) on drop.
+#[derive(Debug)]
+pub struct Mounted {
+    target: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = umount2(&self.target, MntFlags::MNT_DETACH);
+    }
+}
+
+/// Mounts `lowers` (top first; at least one) with `upper` and `work` (both None: a
+/// read-only view, which then needs two lowers or more) at `target`. `links` is an empty
+/// directory the short lower names are made in.
+pub fn mount_overlay(
+    lowers: &[PathBuf],
+    upper_work: Option<(&Path, &Path)>,
+    target: &Path,
+    links: &Path,
+) -> Result<Mounted> {
+    if lowers.is_empty() {
+        bail!("an overlay needs a lower directory");
+    }
+    for (i, l) in lowers.iter().enumerate() {
+        std::os::unix::fs::symlink(l, links.join(i.to_string()))
+            .with_context(|| format!("cannot prepare the overlay of {}", target.display()))?;
+    }
+    let dir = File::open(links)?;
+    let base = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    let lower: Vec<String> = (0..lowers.len()).map(|i| format!("{base}/{i}")).collect();
+    let mut opts = OsString::from(format!("lowerdir={}", lower.join(":")));
+    if let Some((upper, work)) = upper_work {
+        opts.push(",upperdir=");
+        opts.push(escape(upper));
+        opts.push(",workdir=");
+        opts.push(escape(work));
+    }
+    opts.push(",userxattr");
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        Some(opts.as_os_str()),
+    )
+    .with_context(|| format!("cannot mount an overlay of {} layers", lowers.len()))?;
+    Ok(Mounted {
+        target: target.to_path_buf(),
+    })
+}
+
+/// A path as an overlay option value: `\`, `,` and `:` escaped.
+fn escape(p: &Path) -> OsString {
+    let s = p.as_os_str().as_encoded_bytes();
+    let mut out = Vec::with_capacity(s.len());
+    for &b in s {
+        if matches!(b, b'\\' | b',' | b':') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    // SAFETY: only ASCII bytes were added to bytes that came from an OsStr.
+    unsafe { OsString::from_encoded_bytes_unchecked(out) }
+}
+
+/// Whether overlay works here, tried for real in `dir` (on the cache's filesystem): two
+/// lowers and an upper with `userxattr`, a lower file removed (a whiteout in upper) and a
+/// lower directory removed and made again (opaque). Err says why not.
+pub fn probe(dir: &Path) -> Result<()> {
+    let on_overlay = nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC);
+    if on_overlay {
+        bail!(
+            "the cache directory {} is on overlayfs, which cannot hold upper directories: use a cache directory on a plain filesystem (in Kubernetes, an emptyDir volume)",
+            dir.display()
+        );
+    }
+    let t = tempfile::Builder::new().prefix("probe-").tempdir_in(dir)?;
+    let p = |n: &str| t.path().join(n);
+    for d in ["l1/d", "l2", "upper", "work", "merged", "links"] {
+        fs::create_dir_all(p(d))?;
+    }
+    fs::write(p("l1/f"), b"x")?;
+    fs::write(p("l1/d/g"), b"y")?;
+    fs::write(p("l2/h"), b"z")?;
+    {
+        let _m = mount_overlay(
+            &[p("l2"), p("l1")],
+            Some((&p("upper"), &p("work"))),
+            &p("merged"),
+            &p("links"),
+        )?;
+        fs::remove_file(p("merged/f")).context("removing a lower file")?;
+        fs::remove_dir_all(p("merged/d")).context("removing a lower directory")?;
+        fs::create_dir(p("merged/d")).context("making it again")?;
+        if p("merged/d/g").exists() || !p("merged/h").exists() {
+            bail!("the merged view is wrong");
+        }
+    }
+    let wh = fs::symlink_metadata(p("upper/f")).context("no whiteout in the upper directory")?;
+    if !(wh.file_type().is_char_device() && wh.rdev() == 0) {
+        bail!("the whiteout in the upper directory is not a 0/0 device");
+    }
+    if !is_opaque(&p("upper/d")) {
+        bail!("the re-made directory is not marked opaque");
+    }
+    Ok(())
+}
+
+/// Whether an upper directory is marked opaque, by any overlay implementation.
+pub fn is_opaque(dir: &Path) -> bool {
+    OPAQUE_XATTRS
+        .iter()
+        .any(|x| matches!(xattr::get(dir, x), Ok(Some(v)) if v == b"y"))
+        || dir.join(OPAQUE_MARKER).exists()
+}
+
+/// Whether an upper entry is a whiteout: a 0/0 character device, or a `.wh.NAME` file
+/// (fuse-overlayfs where it cannot make devices).
+fn whiteout_name(name: &str, meta: &fs::Metadata) -> Option<String> {
+    if meta.file_type().is_char_device() && meta.rdev() == 0 {
+        return Some(name.to_string());
+    }
+    name.strip_prefix(WHITEOUT_PREFIX)
+        .filter(|n| !n.is_empty() && *n != ".wh..opq")
+        .map(str::to_string)
+}
+
+/// The layer entries of what a step changed, read from its `upper` directory alone.
+/// `lower` is a read-only view of the layers below, to leave out entries copied up
+/// without a change. `skip` says which paths are never part of a layer (mount points).
+pub fn diff_upper(
+    upper: &Path,
+    lower: &Path,
+    skip: &dyn Fn(&str) -> bool,
+) -> Result<Vec<LayerEntry>> {
+    let mut out = Vec::new();
+    let mut it = walkdir::WalkDir::new(upper)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter();
+    // Directories made opaque: what is below them is new whatever the lowers hold.
+    let mut opaque: Vec<String> = Vec::new();
+    while let Some(e) = it.next() {
+        crate::cancel::Cancel.check()?;
+        let e = e.with_context(|| format!("cannot read {}", upper.display()))?;
+        let rel = e
+            .path()
+            .strip_prefix(upper)
+            .map(|r| r.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if skip(&rel) {
+            if e.file_type().is_dir() {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        let meta = e.metadata()?;
+        for x in REFUSED_XATTRS {
+            if !meta.file_type().is_symlink() && matches!(xattr::get(e.path(), x), Ok(Some(_))) {
+                bail!("{rel}: the overlay recorded {x}, which a layer cannot express");
+            }
+        }
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+        if name == OPAQUE_MARKER {
+            continue; // fuse-overlayfs's marker file: the directory's xattr says it
+        }
+        if let Some(gone) = whiteout_name(name, &meta) {
+            out.push(marker(&join(dir, &format!("{WHITEOUT_PREFIX}{gone}")), 0));
+            continue;
+        }
+        let below_opaque = opaque.iter().any(|o| {
+            rel.strip_prefix(o.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+        });
+        if meta.is_dir() && is_opaque(e.path()) {
+            opaque.push(rel.clone());
+            out.push(marker(&format!("{rel}/{OPAQUE_MARKER}"), meta.mtime()));
+            out.push(entry_of(&rel, e.path(), &meta)?);
+            continue;
+        }
+        if !below_opaque && unchanged(&lower.join(&rel), e.path(), &meta) {
+            continue;
+        }
+        out.push(entry_of(&rel, e.path(), &meta)?);
+    }
+    Ok(out)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// An empty marker file (whiteout or opaque marker).
+fn marker(path: &str, mtime: i64) -> LayerEntry {
+    LayerEntry {
+        path: path.to_string(),
+        kind: EntryKind::File {
+            size: 0,
+            source: Content::Bytes(Vec::new()),
+        },
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime,
+        xattrs: Vec::new(),
+    }
+}
+
+/// Whether the upper entry is a copy-up of the lower one with nothing changed: same type,
+/// mode, owner, size, mtime, device, link target and kept xattrs (a directory's size is
+/// not compared: it moves with its children).
+fn unchanged(lower: &Path, upper: &Path, um: &fs::Metadata) -> bool {
+    let Ok(lm) = fs::symlink_metadata(lower) else {
+        return false;
+    };
+    let same = lm.mode() == um.mode()
+        && lm.uid() == um.uid()
+        && lm.gid() == um.gid()
+        && (lm.is_dir() || lm.size() == um.size())
+        && lm.mtime() == um.mtime()
+        && lm.mtime_nsec() == um.mtime_nsec()
+        && lm.rdev() == um.rdev();
+    if !same {
+        return false;
+    }
+    if um.file_type().is_symlink() {
+        return fs::read_link(lower).ok() == fs::read_link(upper).ok();
+    }
+    layer_xattrs(lower) == layer_xattrs(upper)
+}
+
+/// The xattrs a layer keeps of an upper entry: overlay's own bookkeeping left out.
+fn layer_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut x = super::xattr::kept(path);
+    x.retain(|(name, _)| {
+        !(name.starts_with("user.overlay.") || name.starts_with("user.fuseoverlayfs."))
+    });
+    x
+}
+
+/// A layer entry for the upper file at `host` (the same as the walk snapshotter makes).
+fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<LayerEntry> {
+    let kind = EntryKind::of_disk(host, m)?.unwrap_or(EntryKind::File {
+        size: 0,
+        source: Content::Bytes(Vec::new()),
+    });
+    Ok(LayerEntry {
+        path: rel.to_string(),
+        kind,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: m.mtime(),
+        xattrs: if m.file_type().is_symlink() {
+            Vec::new()
+        } else {
+            layer_xattrs(host)
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_escape_separators() {
+        assert_eq!(
+            escape(Path::new("/a,b:c\\d")),
+            OsString::from("/a\\,b\\:c\\\\d")
+        );
+    }
+
+    #[test]
+    fn diff_of_an_upper_directory_without_a_mount() {
+        // An upper directory as overlay leaves it, read without mounting anything.
+        let t = tempfile::tempdir().unwrap();
+        let (upper, lower) = (t.path().join("upper"), t.path().join("lower"));
+        fs::create_dir_all(lower.join("etc")).unwrap();
+        fs::write(lower.join("etc/same"), b"s").unwrap();
+        fs::create_dir_all(upper.join("etc")).unwrap();
+        // A copy-up without a change: same metadata as the lower file.
+        fs::copy(lower.join("etc/same"), upper.join("etc/same")).unwrap();
+        let lm = fs::metadata(lower.join("etc/same")).unwrap();
+        filetime::set_file_mtime(
+            upper.join("etc/same"),
+            filetime::FileTime::from_last_modification_time(&lm),
+        )
+        .unwrap();
+        fs::write(upper.join("etc/new"), b"n").unwrap();
+        fs::write(upper.join(".wh.gone"), b"").unwrap();
+        fs::create_dir_all(upper.join("proc/x")).unwrap();
+        let entries = diff_upper(&upper, &lower, &|r| r == "proc").unwrap();
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"etc/new"), "{paths:?}");
+        assert!(paths.contains(&".wh.gone"), "{paths:?}");
+        assert!(!paths.contains(&"etc/same"), "{paths:?}");
+        assert!(!paths.iter().any(|p| p.starts_with("proc")), "{paths:?}");
+    }
+}

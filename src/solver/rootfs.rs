@@ -125,12 +125,6 @@ impl Rootfs {
         })
     }
 
-    /// Records that the tree already holds the first `count` layers (a RUN changed it in
-    /// place, and its layer was taken from it).
-    pub fn assume_applied(&mut self, count: usize) {
-        self.applied = count;
-    }
-
     /// Applies the layers not yet applied and returns the root directory.
     pub fn sync(&mut self, store: &Store, layers: &[Layer]) -> Result<&Path> {
         if let Tree::Overlay(o, _) = &mut self.tree {

@@ -94,14 +94,14 @@ pub fn run(cache_dir: Option<PathBuf>) -> Result<()> {
         DEFAULT_CAPS.len()
     );
     let cache_dir = cache_dir.unwrap_or_else(default_cache_dir);
-    let chosen = std::env::var("RBUILD_SNAPSHOTTER").unwrap_or_else(|_| "walk".into());
+    let chosen = std::env::var("RBUILD_SNAPSHOTTER").unwrap_or_else(|_| "auto".into());
     let reflink = match can_reflink(&cache_dir) {
         Ok(true) => "reflinked: the cache's filesystem shares blocks until written",
         Ok(false) => "copied: the cache's filesystem cannot reflink",
         Err(_) => "reflinked if the cache's filesystem can (it does not exist yet)",
     };
     println!(
-        "snapshotter:       {chosen} (--snapshotter, env RBUILD_SNAPSHOTTER); walk: each RUN changes the stage's private root in place, the layer is the diff by inode, mode, owner, size and ctime; copy: each RUN works on a private copy, {reflink}"
+        "snapshotter:       {chosen} (--snapshotter, env RBUILD_SNAPSHOTTER); auto: overlay where a test mount in the cache directory works at the start of a build (namespaces isolation, userxattr, two lowers, a whiteout, an opaque directory; not on overlayfs), else walk; overlay: each RUN on a kernel overlay of the cache's unpacked layers, the layer read from the upper directory; walk: each RUN changes the stage's private root in place, the layer is the diff by inode, mode, owner, size and ctime; copy: each RUN works on a private copy, {reflink}"
     );
     println!("cache dir:         {}", cache_dir.display());
     Ok(())

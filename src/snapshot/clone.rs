@@ -359,9 +359,14 @@ mod tests {
 
     #[test]
     fn snapshotter_names() {
-        for s in [Snapshotter::Walk, Snapshotter::Copy] {
+        for s in [
+            Snapshotter::Walk,
+            Snapshotter::Copy,
+            Snapshotter::Overlay,
+            Snapshotter::Auto,
+        ] {
             assert_eq!(Snapshotter::parse(s.name()).unwrap(), s);
         }
-        assert!(Snapshotter::parse("overlay").is_err());
+        assert!(Snapshotter::parse("fuse").is_err());
     }
 }

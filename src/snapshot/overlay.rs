@@ -6,13 +6,11 @@
 //! [`private_mount_namespace`]), so they die with the process whatever ends it. Options
 //! always include `userxattr` (metadata under `user.overlay.*`, as an unprivileged user
 //! namespace needs; the same as real root, so one cache serves both) and never
-//! `redirect_dir` or `metacopy`. Lower directories are passed as short links below an
-//! open directory (`/proc/self/fd/N/0:…`), so hundreds of layers fit the option size
-//! limit.
+//! `redirect_dir` or `metacopy`. Every directory is passed as a short link in a directory
+//! of links that is the working directory during the mount call (`lowerdir=2:1:0`), so
+//! the 500 layers overlay can stack fit the option size limit.
 
-use std::ffi::OsString;
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -74,46 +72,36 @@ pub fn mount_overlay(
     if lowers.is_empty() {
         bail!("an overlay needs a lower directory");
     }
+    let link = |to: &Path, name: &str| {
+        std::os::unix::fs::symlink(to, links.join(name))
+            .with_context(|| format!("cannot prepare the overlay of {}", target.display()))
+    };
     for (i, l) in lowers.iter().enumerate() {
-        std::os::unix::fs::symlink(l, links.join(i.to_string()))
-            .with_context(|| format!("cannot prepare the overlay of {}", target.display()))?;
+        link(l, &i.to_string())?;
     }
-    let dir = File::open(links)?;
-    let base = format!("/proc/self/fd/{}", dir.as_raw_fd());
-    let lower: Vec<String> = (0..lowers.len()).map(|i| format!("{base}/{i}")).collect();
-    let mut opts = OsString::from(format!("lowerdir={}", lower.join(":")));
+    let names: Vec<String> = (0..lowers.len()).map(|i| i.to_string()).collect();
+    let mut opts = format!("lowerdir={}", names.join(":"));
     if let Some((upper, work)) = upper_work {
-        opts.push(",upperdir=");
-        opts.push(escape(upper));
-        opts.push(",workdir=");
-        opts.push(escape(work));
+        link(upper, "u")?;
+        link(work, "w")?;
+        opts.push_str(",upperdir=u,workdir=w");
     }
-    opts.push(",userxattr");
-    mount(
+    opts.push_str(",userxattr");
+    let target_abs = std::path::absolute(target)?;
+    // The relative names resolve against the working directory, for this call only (the
+    // build has no other thread while it mounts).
+    let back = File::open(".").context("cannot open the working directory")?;
+    nix::unistd::chdir(links).context("cannot enter the overlay's link directory")?;
+    let mounted = mount(
         Some("overlay"),
-        target,
+        &target_abs,
         Some("overlay"),
         MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
-        Some(opts.as_os_str()),
-    )
-    .with_context(|| format!("cannot mount an overlay of {} layers", lowers.len()))?;
-    Ok(Mounted {
-        target: target.to_path_buf(),
-    })
-}
-
-/// A path as an overlay option value: `\`, `,` and `:` escaped.
-fn escape(p: &Path) -> OsString {
-    let s = p.as_os_str().as_encoded_bytes();
-    let mut out = Vec::with_capacity(s.len());
-    for &b in s {
-        if matches!(b, b'\\' | b',' | b':') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    // SAFETY: only ASCII bytes were added to bytes that came from an OsStr.
-    unsafe { OsString::from_encoded_bytes_unchecked(out) }
+        Some(opts.as_str()),
+    );
+    nix::unistd::fchdir(&back).context("cannot return to the working directory")?;
+    mounted.with_context(|| format!("cannot mount an overlay of {} layers", lowers.len()))?;
+    Ok(Mounted { target: target_abs })
 }
 
 /// Whether overlay works here, tried for real in `dir` (on the cache's filesystem): two
@@ -321,14 +309,6 @@ fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<LayerEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_escape_separators() {
-        assert_eq!(
-            escape(Path::new("/a,b:c\\d")),
-            OsString::from("/a\\,b\\:c\\\\d")
-        );
-    }
 
     #[test]
     fn diff_of_an_upper_directory_without_a_mount() {

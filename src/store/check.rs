@@ -57,6 +57,15 @@ pub fn check(store: &Store, repair: bool) -> Result<CheckReport> {
                     Ok(_) => {}
                 }
             }
+            RecordKind::Snapshot => {
+                let key = r.id.trim_start_matches("snapshot:");
+                if !store.snapshot_dir(key).is_dir() {
+                    report
+                        .problems
+                        .push(format!("{}: unpacked layer directory missing", r.id));
+                    broken.push(r.id.clone());
+                }
+            }
             RecordKind::CacheMount => {
                 let name = r.id.trim_start_matches("mount:");
                 if !store.root().join("mounts").join(name).is_dir() {

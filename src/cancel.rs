@@ -44,3 +44,16 @@ impl Cancel {
         Ok(())
     }
 }
+
+/// A reader that fails with "cancelled" once a signal asked the build to stop, so that
+/// copying one large file ends promptly too.
+pub struct Cancellable<R>(pub R);
+
+impl<R: std::io::Read> std::io::Read for Cancellable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Cancel.requested() {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.0.read(buf)
+    }
+}

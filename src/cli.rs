@@ -752,12 +752,15 @@ fn collect_garbage(store: &Store, policy: Policy, progress: &Progress) {
         )
     });
     match result {
-        Ok(r) if !r.removed.is_empty() => progress.note(&format!(
-            "cache: removed {} records, {} in use (was {})",
-            r.removed.len(),
-            cache::human_size(r.after),
-            cache::human_size(r.before)
-        )),
+        // Garbage blobs (manifests of unnamed builds) go every time: not worth a line.
+        Ok(r) if r.removed.iter().any(|(id, _)| !id.starts_with("sha256:")) => {
+            progress.note(&format!(
+                "cache: removed {} records, {} in use (was {})",
+                r.removed.len(),
+                cache::human_size(r.after),
+                cache::human_size(r.before)
+            ))
+        }
         Ok(_) => {}
         Err(e) => progress.note(&format!("warning: cache collection failed: {e:#}")),
     }

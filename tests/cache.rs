@@ -432,6 +432,68 @@ fn cache_mounts_are_records_du_shows_and_prune_removes() {
     cache_check_is_clean(&b);
 }
 
+#[test]
+fn sigterm_ends_a_build_without_run_steps_and_leaves_nothing() {
+    let test = "sigterm_ends_a_build_without_run_steps_and_leaves_nothing";
+    let Some(b) = setup(test, "FROM busybox\nCOPY big /big\n", &[]) else {
+        return;
+    };
+    // 150 MB that gzip cannot shrink: the COPY's layer takes a while to write.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let big: Vec<u8> = (0..150_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(b.ctx.join("big"), &big).unwrap();
+    drop(big);
+    let mut cmd = b.build_cmd(&["--pull=never"]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start rbuild");
+    // Until the layer is being written: a blob growing in the store's temp area.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let writing = loop {
+        let growing = walkdir::WalkDir::new(b.cache.join("tmp"))
+            .into_iter()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("blob-"));
+        if growing || Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break growing;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(writing, "the build never started writing its layer");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let sent = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?} to end the build",
+        sent.elapsed()
+    );
+    assert!(!out.status.success(), "the build was not cancelled");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cancelled"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        b.leftover_temp_files().is_empty(),
+        "a cancelled build left {:?}",
+        b.leftover_temp_files()
+    );
+    cache_check_is_clean(&b);
+}
+
 /// Deterministic builds (with SOURCE_DATE_EPOCH) for the concurrency and crash tests.
 const DET: [&str; 3] = [
     "FROM busybox\nCOPY a.txt /a.txt\nRUN seq 1 300000 > /n && sleep 0.3\n",

@@ -103,7 +103,8 @@ fn file_digest(path: &Path, meta: &fs::Metadata, memo: &mut dyn ContentMemo) -> 
     }
     let mut f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut hasher = Sha256::new();
-    io::copy(&mut f, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
+    io::copy(&mut crate::cancel::Cancellable(&mut f), &mut hasher)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let digest = Digest::from_sha256(hasher.finalize().into());
     // Read back: the file must not have changed while it was read.
     let after = f.metadata()?;

@@ -125,7 +125,7 @@ fn produce_tar(
                     inodes.insert(key, e.path.clone());
                 }
                 header.kind = TarKind::File { size: *size };
-                let mut reader: Box<dyn Read> = Box::new(f);
+                let mut reader: Box<dyn Read> = Box::new(crate::cancel::Cancellable(f));
                 tar.append(&header, &mut reader)
                     .with_context(|| format!("cannot add {} to the layer", p.display()))?;
             }

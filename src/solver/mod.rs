@@ -143,8 +143,9 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
         state.config.config.on_build.clear();
         used_args.extend(expanded.used_args.iter().cloned());
         let total = expanded.steps.len();
-        // A metadata step is CACHED when everything before it in the stage was.
-        let mut all_cached = true;
+        // A metadata step is CACHED when the stage's layer steps so far were (and there
+        // was one).
+        let mut all_cached = false;
         for (n, step) in expanded.steps.iter().enumerate() {
             crate::cancel::Cancel.check()?;
             let handle = inp.progress.start(format!(
@@ -172,9 +173,11 @@ pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
                 Ok((layer, cached)) => {
                     let cached = match step.kind {
                         StepKind::Config(_) => all_cached,
-                        _ => cached,
+                        _ => {
+                            all_cached = cached;
+                            cached
+                        }
                     };
-                    all_cached &= cached;
                     (layer, cached)
                 }
                 Err(e) => {

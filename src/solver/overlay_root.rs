@@ -123,15 +123,25 @@ impl OverlayRoot {
                 self.lowers.push(dir);
                 continue;
             }
-            self.mount()?;
+            // The bottom layer has nothing below it to land on: unpacked straight into a
+            // plain directory (no overlay in the way of every file it creates).
+            let into = if self.lowers.is_empty() {
+                self.unmount();
+                let upper = self.upper();
+                std::fs::create_dir_all(&upper)?;
+                upper
+            } else {
+                self.mount()?;
+                self.merged()
+            };
             let layer = &layers[i];
-            let blob = store.open_blob(&layer.digest)?;
+            let blob = crate::cancel::Cancellable(store.open_blob(&layer.digest)?);
             let (_, reader): (_, Box<dyn Read>) =
                 decompressing_reader(BufReader::with_capacity(1 << 20, blob))
                     .with_context(|| format!("cannot read layer {}", layer.digest))?;
             apply_layer(
                 reader,
-                &self.merged(),
+                &into,
                 &layer.digest.to_string(),
                 &ApplyOptions {
                     set_owners: true,

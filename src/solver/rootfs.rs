@@ -136,7 +136,7 @@ impl Rootfs {
         let root = self.path().to_path_buf();
         for layer in &layers[self.applied.min(layers.len())..] {
             let open = || -> Result<Box<dyn Read>> {
-                let blob = store.open_blob(&layer.digest)?;
+                let blob = crate::cancel::Cancellable(store.open_blob(&layer.digest)?);
                 let (_, reader) = decompressing_reader(BufReader::with_capacity(1 << 20, blob))
                     .with_context(|| format!("cannot read layer {}", layer.digest))?;
                 Ok(reader)

@@ -53,9 +53,9 @@
 # adapters/rbuild.sh: `$RBUILD build --cache-dir STATE/cache -f DF -o type=oci,dest=OUT
 # --build-context busybox=oci-layout://images/busybox:latest ... CONTEXT`, binary from
 # RBUILD=/work/main/target/rbuild, `reset` = rm -rf STATE/cache (else `rbuild prune --all`).
-# rbuild now has --build-context, FROM <image> and RUN, which the adapter needs; it still
-# lacks `rbuild prune` (the cache issue), and RBUILD_BASE=oci-archive's `FROM oci-archive:…`
-# spelling. Don't run the shared matrix from here.
+# rbuild has --build-context, FROM <image>, RUN and `rbuild prune --all --force` (the
+# adapter's reset), not RBUILD_BASE=oci-archive's `FROM oci-archive:…` spelling. The
+# `cache` benchmark below runs the shared matrix for the workloads it names.
 # shellcheck disable=SC2317  # the bench_* functions are called by name
 set -euo pipefail
 umask 022

@@ -431,8 +431,10 @@ fn resolve_snapshotter(
             "RUN steps use the chroot isolation, which has no mount namespace"
         ))
     } else {
-        crate::snapshot::overlay::private_mount_namespace()
-            .and_then(|()| crate::snapshot::overlay::probe(&store.tmp_dir()))
+        let outcome = crate::snapshot::overlay::private_mount_namespace()
+            .and_then(|()| crate::snapshot::overlay::probe(&store.tmp_dir()));
+        crate::snapshot::overlay::record_probe(store.root(), &outcome);
+        outcome
     };
     match (usable, wanted) {
         (Ok(()), _) => Ok(Snapshotter::Overlay),

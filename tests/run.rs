@@ -1046,6 +1046,28 @@ fn overlay_stacks_200_layers_and_starts_from_a_cache_hit() {
 }
 
 #[test]
+fn info_shows_the_overlay_probe_of_the_cache_directory() {
+    let test = "info_shows_the_overlay_probe_of_the_cache_directory";
+    let Some(b) = prepared(test, "forms") else {
+        return;
+    };
+    let probe = || {
+        let mut cmd = rbuild_cmd();
+        cmd.env("RBUILD_CACHE_DIR", &b.cache).arg("info");
+        info_line(&info_with(&mut cmd), "overlay probe:").expect("an overlay probe line")
+    };
+    assert!(probe().contains("not run yet"), "{}", probe());
+    b.build_ok(&args(&["--snapshotter=auto"]));
+    let line = probe();
+    // These machines' kernels mount overlay in a user namespace; where the build had to
+    // fall back, the line must say why.
+    assert!(
+        line.starts_with("usable in this cache directory (kernel "),
+        "after a build: {line}"
+    );
+}
+
+#[test]
 fn run_mounts_bind_cache_and_tmpfs() {
     let test = "run_mounts_bind_cache_and_tmpfs";
     // The cache is made for uid 1000, which a single-id mapping cannot give files to.

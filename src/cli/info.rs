@@ -103,6 +103,22 @@ pub fn run(cache_dir: Option<PathBuf>) -> Result<()> {
     println!(
         "snapshotter:       {chosen} (--snapshotter, env RBUILD_SNAPSHOTTER); auto: overlay where a test mount in the cache directory works at the start of a build (namespaces isolation, userxattr, two lowers, a whiteout, an opaque directory; not on overlayfs), else walk; overlay: each RUN on a kernel overlay of the cache's unpacked layers, the layer read from the upper directory; walk: each RUN changes the stage's private root in place, the layer is the diff by inode, mode, owner, size and ctime; copy: each RUN works on a private copy, {reflink}"
     );
+    match crate::snapshot::overlay::read_probe(&cache_dir) {
+        Some(p) if p.usable => println!(
+            "overlay probe:     usable in this cache directory (kernel {}, {})",
+            p.kernel,
+            crate::solver::rfc3339(p.checked)
+        ),
+        Some(p) => println!(
+            "overlay probe:     not usable in this cache directory (kernel {}, {}): {}; auto uses walk",
+            p.kernel,
+            crate::solver::rfc3339(p.checked),
+            p.reason
+        ),
+        None => println!(
+            "overlay probe:     not run yet in this cache directory (the first build with a RUN step probes it)"
+        ),
+    }
     println!("cache dir:         {}", cache_dir.display());
     Ok(())
 }

@@ -148,6 +148,53 @@ pub fn probe(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The last probe of a cache directory (`<cache>/overlay-probe.json`), for `rbuild info`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeRecord {
+    /// Whether the kernel overlay worked.
+    pub usable: bool,
+    /// Why not (empty when it worked).
+    pub reason: String,
+    /// The kernel it was tried on (`uname -r`).
+    pub kernel: String,
+    /// When, seconds since the epoch.
+    pub checked: i64,
+}
+
+fn probe_path(cache: &Path) -> std::path::PathBuf {
+    cache.join("overlay-probe.json")
+}
+
+/// Records a probe's outcome in the cache directory (best effort, replaced atomically).
+pub fn record_probe(cache: &Path, outcome: &Result<()>) {
+    let rec = ProbeRecord {
+        usable: outcome.is_ok(),
+        reason: outcome
+            .as_ref()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default(),
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        checked: crate::store::index::now(),
+    };
+    let Ok(bytes) = serde_json::to_vec(&rec) else {
+        return;
+    };
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(cache) {
+        use std::io::Write;
+        if tmp.write_all(&bytes).is_ok() {
+            let _ = tmp.persist(probe_path(cache));
+        }
+    }
+}
+
+/// The last probe recorded in the cache directory, if any.
+pub fn read_probe(cache: &Path) -> Option<ProbeRecord> {
+    serde_json::from_slice(&fs::read(probe_path(cache)).ok()?).ok()
+}
+
 /// Whether an upper directory is marked opaque, by any overlay implementation.
 pub fn is_opaque(dir: &Path) -> bool {
     OPAQUE_XATTRS

@@ -410,10 +410,26 @@ fn prepare_sandbox(
         isolation,
         snapshotter,
         single_id: matches!(mapping, crate::sandbox::userns::Mapping::SingleId { .. }),
+        mapping: id_maps(),
         mount_inputs,
         seccomp,
         cancel,
     })
+}
+
+/// This process's id maps as the kernel shows them, whitespace normalised.
+fn id_maps() -> String {
+    ["uid_map", "gid_map"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(format!("/proc/self/{f}"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// `auto` becomes overlay when the kernel overlay works here (the build then has a mount

@@ -90,7 +90,13 @@ pub fn mount_overlay(
     let target_abs = std::path::absolute(target)?;
     // The relative names resolve against the working directory, for this call only (the
     // build has no other thread while it mounts).
-    let back = File::open(".").context("cannot open the working directory")?;
+    // O_PATH: a working directory that may be searched but not read is fine.
+    let back = nix::fcntl::open(
+        ".",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .context("cannot open the working directory")?;
     nix::unistd::chdir(links).context("cannot enter the overlay's link directory")?;
     let mounted = mount(
         Some("overlay"),
@@ -320,7 +326,29 @@ fn unchanged(lower: &Path, upper: &Path, um: &fs::Metadata) -> bool {
     if um.file_type().is_symlink() {
         return fs::read_link(lower).ok() == fs::read_link(upper).ok();
     }
-    layer_xattrs(lower) == layer_xattrs(upper)
+    if layer_xattrs(lower) != layer_xattrs(upper) {
+        return false;
+    }
+    // Same size, mode, owner and mtime can still hide new bytes (archives extracted with
+    // fixed times): a regular file is left out only when its bytes are the lower's too.
+    !um.is_file() || same_bytes(lower, upper).unwrap_or(false)
+}
+
+/// Whether two files hold the same bytes.
+fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(fb.read(&mut bb[..1])? == 0);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 /// The xattrs a layer keeps of an upper entry: overlay's own bookkeeping left out.
@@ -376,8 +404,15 @@ mod tests {
         fs::write(upper.join("etc/new"), b"n").unwrap();
         fs::write(upper.join(".wh.gone"), b"").unwrap();
         fs::create_dir_all(upper.join("proc/x")).unwrap();
+        // New bytes under the same size, mode, owner and mtime.
+        fs::write(lower.join("etc/fixed-time"), b"v1").unwrap();
+        fs::write(upper.join("etc/fixed-time"), b"v2").unwrap();
+        let t = filetime::FileTime::from_unix_time(499_162_500, 0);
+        filetime::set_file_mtime(lower.join("etc/fixed-time"), t).unwrap();
+        filetime::set_file_mtime(upper.join("etc/fixed-time"), t).unwrap();
         let entries = diff_upper(&upper, &lower, &|r| r == "proc").unwrap();
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"etc/fixed-time"), "{paths:?}");
         assert!(paths.contains(&"etc/new"), "{paths:?}");
         assert!(paths.contains(&".wh.gone"), "{paths:?}");
         assert!(!paths.contains(&"etc/same"), "{paths:?}");

@@ -49,6 +49,8 @@ pub fn chain_id(layers: &[Layer]) -> String {
 pub struct KeyBase<'a> {
     /// The target platform.
     pub platform: &'a str,
+    /// Only one id is mapped, so every file on disk belongs to root: results differ.
+    pub single_id: bool,
     /// The mtime clamp (SOURCE_DATE_EPOCH).
     pub epoch: Option<i64>,
     /// The step's parent filesystem.
@@ -67,6 +69,7 @@ pub fn step_key(
     let mut h = FieldHasher::new("rbuild-step-v1");
     let epoch = base.epoch.map(|e| e.to_string());
     h.str("platform", base.platform)
+        .u64("single_id", u64::from(base.single_id))
         .opt("epoch", epoch.as_deref())
         .str("parent", &chain_id(base.parent))
         .str("user", &base.config.config.user);
@@ -184,9 +187,14 @@ mod tests {
     }
 
     fn key(kind: &StepKind, parent: &[Layer], input: &str) -> Option<Digest> {
+        key_as(kind, parent, input, false)
+    }
+
+    fn key_as(kind: &StepKind, parent: &[Layer], input: &str, single_id: bool) -> Option<Digest> {
         let config = ImageConfig::default();
         let base = KeyBase {
             platform: "linux/amd64",
+            single_id,
             epoch: None,
             parent,
             config: &config,
@@ -203,6 +211,8 @@ mod tests {
         assert_ne!(a, key(&copy("/a"), &[layer(2)], "i"));
         assert_ne!(a, key(&copy("/a"), &[layer(1)], "j"));
         assert_ne!(a, key(&copy("/a"), &[], "i"));
+        // A single-id mapping squashes owners on disk: its results are its own.
+        assert_ne!(a, key_as(&copy("/a"), &[layer(1)], "i", true));
         assert_eq!(key(&StepKind::Config(ConfigEdit::Arg), &[], "i"), None);
     }
 }

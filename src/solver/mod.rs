@@ -57,7 +57,7 @@ pub struct BuildInputs<'a> {
 
 impl BuildInputs<'_> {
     /// How stage roots are kept: an overlay when RUN steps use the overlay snapshotter.
-    fn root_kind(&self) -> RootKind {
+    fn root_kind(&self) -> RootKind<'_> {
         self.run.map_or(RootKind::Dir, RunEnvironment::root_kind)
     }
 }
@@ -78,7 +78,7 @@ struct StageState {
 }
 
 impl StageState {
-    fn rootfs(&mut self, store: &Store, kind: RootKind) -> Result<&std::path::Path> {
+    fn rootfs(&mut self, store: &Store, kind: RootKind<'_>) -> Result<&std::path::Path> {
         if self.rootfs.is_none() {
             self.rootfs = Some(Rootfs::new(store, kind)?);
         }
@@ -359,6 +359,7 @@ fn step_key_for(
     let platform = inp.plan.options.platform.to_string();
     let base = KeyBase {
         platform: &platform,
+        single_id: inp.run.is_some_and(|e| e.single_id),
         epoch: inp.epoch,
         parent: &state.layers,
         config: &state.config,

@@ -18,8 +18,8 @@ use crate::store::{remove_tree, FieldHasher, Store};
 /// The overlay root of one stage.
 pub struct OverlayRoot {
     dir: tempfile::TempDir,
-    /// Owners made with a single-id mapping differ: their snapshots are kept apart.
-    single_id: bool,
+    /// The id mapping (host owners on disk depend on it): snapshots are kept apart by it.
+    mapping: String,
     /// Snapshot directories, bottom layer first.
     lowers: Vec<PathBuf>,
     merged: Option<Mounted>,
@@ -28,10 +28,11 @@ pub struct OverlayRoot {
     generation: usize,
 }
 
-/// The snapshot key of the filesystem made by `layers` (bottom first).
-pub fn snapshot_key(layers: &[Layer], single_id: bool) -> String {
-    let mut h = FieldHasher::new("rbuild-snapshot-v1");
-    h.u64("single_id", u64::from(single_id));
+/// The snapshot key of the filesystem made by `layers` (bottom first) on disk through the
+/// id `mapping` (its files carry host owners).
+pub fn snapshot_key(layers: &[Layer], mapping: &str) -> String {
+    let mut h = FieldHasher::new("rbuild-snapshot-v2");
+    h.str("mapping", mapping);
     for l in layers {
         h.str("diff_id", &l.diff_id.to_string());
     }
@@ -40,14 +41,14 @@ pub fn snapshot_key(layers: &[Layer], single_id: bool) -> String {
 
 impl OverlayRoot {
     /// An empty root in the store's temp area.
-    pub fn new(store: &Store, single_id: bool) -> Result<OverlayRoot> {
+    pub fn new(store: &Store, mapping: &str) -> Result<OverlayRoot> {
         let dir = store.temp_dir("overlay-")?;
         for d in ["merged", "view", "empty1", "empty2"] {
             std::fs::create_dir(dir.path().join(d))?;
         }
         Ok(OverlayRoot {
             dir,
-            single_id,
+            mapping: mapping.to_string(),
             lowers: Vec::new(),
             merged: None,
             view: None,
@@ -116,7 +117,7 @@ impl OverlayRoot {
     /// merged tree with an empty upper directory.
     pub fn sync(&mut self, store: &Store, layers: &[Layer], applied: usize) -> Result<()> {
         for i in applied.min(layers.len())..layers.len() {
-            let key = snapshot_key(&layers[..=i], self.single_id);
+            let key = snapshot_key(&layers[..=i], &self.mapping);
             if let Some(dir) = store.snapshot(&key)? {
                 // The lowers change: the next mount starts on fresh directories.
                 self.next_generation();
@@ -179,7 +180,7 @@ impl OverlayRoot {
     /// After a step whose layer is the last of `layers`: its upper directory becomes that
     /// layer's snapshot.
     pub fn commit_step(&mut self, store: &Store, layers: &[Layer]) -> Result<()> {
-        let key = snapshot_key(layers, self.single_id);
+        let key = snapshot_key(layers, &self.mapping);
         self.commit(store, &key)
     }
 

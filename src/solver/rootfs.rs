@@ -37,19 +37,20 @@ enum Tree {
 
 /// How stage roots are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RootKind {
+pub enum RootKind<'a> {
     /// A directory with the layers applied.
     Dir,
-    /// An overlay of snapshots; `single_id` when only one id is mapped.
+    /// An overlay of snapshots.
     Overlay {
-        /// Only one id is mapped (owners squashed): snapshots are kept apart.
-        single_id: bool,
+        /// The build's id mapping (`/proc/self/uid_map` and `gid_map`): snapshots made
+        /// through another mapping hold other host owners and are kept apart.
+        mapping: &'a str,
     },
 }
 
 impl Rootfs {
     /// An empty root in the store's temp area (removed on drop).
-    pub fn new(store: &Store, kind: RootKind) -> Result<Rootfs> {
+    pub fn new(store: &Store, kind: RootKind<'_>) -> Result<Rootfs> {
         let privileged = nix::unistd::geteuid().is_root();
         let tree = match kind {
             RootKind::Dir => {
@@ -57,8 +58,8 @@ impl Rootfs {
                 let path = dir.path().to_path_buf();
                 Tree::Dir(dir, path)
             }
-            RootKind::Overlay { single_id } => {
-                let o = OverlayRoot::new(store, single_id)?;
+            RootKind::Overlay { mapping } => {
+                let o = OverlayRoot::new(store, mapping)?;
                 let path = o.merged();
                 Tree::Overlay(Box::new(o), path)
             }

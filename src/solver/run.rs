@@ -25,8 +25,11 @@ pub struct RunEnvironment {
     pub isolation: Isolation,
     /// How a step's root is prepared and its layer found (never `Auto`: resolved).
     pub snapshotter: Snapshotter,
-    /// Only the caller's own id is mapped (overlay snapshots are kept apart).
+    /// Only the caller's own id is mapped: files on disk all belong to root, so results
+    /// differ from a full mapping's (part of every step key).
     pub single_id: bool,
+    /// The id mapping as the kernel shows it (`/proc/self/uid_map`, `gid_map`).
+    pub mapping: String,
     /// Secrets and SSH agents for `RUN --mount`.
     pub mount_inputs: MountInputs,
     /// The compiled seccomp profile.
@@ -37,10 +40,10 @@ pub struct RunEnvironment {
 
 impl RunEnvironment {
     /// How stage roots are kept for this snapshotter.
-    pub fn root_kind(&self) -> RootKind {
+    pub fn root_kind(&self) -> RootKind<'_> {
         match self.snapshotter {
             Snapshotter::Overlay => RootKind::Overlay {
-                single_id: self.single_id,
+                mapping: &self.mapping,
             },
             _ => RootKind::Dir,
         }

@@ -78,11 +78,16 @@ pub fn check(store: &Store, repair: bool) -> Result<CheckReport> {
             _ => {}
         }
     }
-    // Pointers to blobs that are not there (a step's layer, an image's manifest).
+    // Pointers to blobs that are not there (a step's layer, an image's manifest). A blob
+    // that is on disk but not indexed (a cache from before the index) is an orphan below,
+    // indexed by --repair, not a broken pointer.
     for (parent, child) in store.refs()? {
         let parent_kind = records.iter().find(|r| r.id == parent).map(|r| r.kind);
         let Some(kind) = parent_kind else { continue };
-        if kind != RecordKind::Blob && !indexed.contains(&child) {
+        let on_disk = child
+            .parse::<Digest>()
+            .is_ok_and(|d| store.blob_path(&d).is_file());
+        if kind != RecordKind::Blob && !indexed.contains(&child) && !on_disk {
             report.problems.push(format!(
                 "{parent}: refers to {child}, which is not in the cache"
             ));
@@ -102,10 +107,14 @@ pub fn check(store: &Store, repair: bool) -> Result<CheckReport> {
             continue;
         };
         let mut hasher = Sha256::new();
-        let ok = File::open(e.path())
-            .and_then(|mut f| io::copy(&mut f, &mut hasher))
-            .is_ok()
-            && Digest::from_sha256(hasher.finalize().into()) == d;
+        let read = File::open(e.path()).and_then(|mut f| io::copy(&mut f, &mut hasher));
+        if read
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+        {
+            continue; // collected meanwhile
+        }
+        let ok = read.is_ok() && Digest::from_sha256(hasher.finalize().into()) == d;
         if !ok {
             report
                 .problems
@@ -144,13 +153,48 @@ pub fn check(store: &Store, repair: bool) -> Result<CheckReport> {
     if repair {
         for id in broken {
             store.write_tx(|tx| {
-                tx.execute("DELETE FROM refs WHERE parent = ?1", params![id])?;
-                tx.execute("DELETE FROM records WHERE id = ?1", params![id])?;
+                // Looked at again under the write lock: another process may have fixed it.
+                if still_broken(store, tx, &id)? {
+                    tx.execute("DELETE FROM refs WHERE parent = ?1", params![id])?;
+                    tx.execute("DELETE FROM records WHERE id = ?1", params![id])?;
+                }
                 Ok(())
             })?;
         }
     }
     Ok(report)
+}
+
+/// Whether record `id` still lacks what it describes (its file or directory, or a blob it
+/// names).
+fn still_broken(store: &Store, tx: &rusqlite::Transaction<'_>, id: &str) -> Result<bool> {
+    let Some(rec) = store.record_in(tx, id)? else {
+        return Ok(false);
+    };
+    Ok(match rec.kind {
+        RecordKind::Blob => id
+            .parse::<Digest>()
+            .map_or(true, |d| !store.blob_path(&d).is_file()),
+        RecordKind::Snapshot => !store
+            .snapshot_dir(id.trim_start_matches("snapshot:"))
+            .is_dir(),
+        RecordKind::CacheMount => !store
+            .root()
+            .join("mounts")
+            .join(id.trim_start_matches("mount:"))
+            .is_dir(),
+        _ => {
+            let mut st = tx.prepare("SELECT child FROM refs WHERE parent = ?1")?;
+            let kids: Vec<String> = st
+                .query_map(params![id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut missing = false;
+            for k in kids {
+                missing |= store.record_in(tx, &k)?.is_none();
+            }
+            missing
+        }
+    })
 }
 
 #[cfg(test)]

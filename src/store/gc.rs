@@ -435,7 +435,7 @@ impl Store {
     /// Removes record `id` unless it is leased (or, for a blob, still referenced), then
     /// every blob that only it held. Returns the bytes freed, or None when `id` stayed.
     fn remove_cascade(&self, id: &str) -> Result<Option<u64>> {
-        let mut trash = Vec::new();
+        let mut trash: Vec<(std::path::PathBuf, std::path::PathBuf)> = Vec::new();
         let freed = self.write_tx(|tx| {
             let mut todo = vec![id.to_string()];
             let mut freed = 0u64;
@@ -500,17 +500,28 @@ impl Store {
                 };
                 if let Some((from, to)) = aside {
                     if std::fs::rename(&from, &to).is_ok() {
-                        trash.push(to);
+                        trash.push((from, to));
                     }
                 }
                 todo.extend(kids);
             }
             Ok(if first { None } else { Some(freed) })
-        })?;
-        for t in trash {
-            remove_tree(&t);
+        });
+        match freed {
+            Ok(freed) => {
+                for (_, t) in trash {
+                    remove_tree(&t);
+                }
+                Ok(freed)
+            }
+            Err(e) => {
+                // The rows stayed: so does what they describe.
+                for (from, to) in trash {
+                    let _ = std::fs::rename(&to, &from);
+                }
+                Err(e)
+            }
         }
-        Ok(freed)
     }
 }
 

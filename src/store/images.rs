@@ -136,6 +136,7 @@ pub(super) fn migrate_legacy_names(store: &Store) -> Result<()> {
         if let Ok(bytes) = fs::read(e.path()) {
             if let Ok(r) = serde_json::from_slice::<ImageRecord>(&bytes) {
                 if let Ok(d) = r.manifest_digest() {
+                    store.adopt_closure(&d);
                     store.set_image(&r.name, &d, &r.source)?;
                 }
             }

@@ -82,7 +82,7 @@ pub fn dead_leases(root: &Path, own: &str) -> Vec<String> {
         if id == own {
             continue;
         }
-        let Ok(file) = OpenOptions::new().write(true).open(e.path()) else {
+        let Ok(file) = File::open(e.path()) else {
             continue;
         };
         if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -95,12 +95,14 @@ pub fn dead_leases(root: &Path, own: &str) -> Vec<String> {
     dead
 }
 
-/// True when the lease `id` is still held by a live process.
+/// True when the lease `id` is still held by a live process. Only a missing lock file
+/// or a lock that can be taken means dead: a file this process cannot open counts as
+/// live (a lease is never reclaimed on a doubt).
 pub fn is_live(root: &Path, id: &str) -> bool {
     let path = lock_path(root, id);
-    match OpenOptions::new().write(true).open(&path) {
+    match File::open(&path) {
         Ok(file) => Flock::lock(file, FlockArg::LockExclusiveNonblock).is_err(),
-        Err(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
     }
 }
 

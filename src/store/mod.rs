@@ -402,6 +402,24 @@ impl Store {
         Ok(true)
     }
 
+    /// Indexes blob `digest` and every blob it names (a manifest's config and layers, an
+    /// index's manifests) that is on disk: a name migrated from before the index keeps
+    /// what it needs.
+    pub(crate) fn adopt_closure(&self, digest: &Digest) {
+        let mut todo = vec![digest.clone()];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(d) = todo.pop() {
+            if !seen.insert(d.clone()) || !self.has_blob(&d) {
+                continue;
+            }
+            for c in children_of_file(&self.blob_path(&d)) {
+                if let Ok(c) = c.parse() {
+                    todo.push(c);
+                }
+            }
+        }
+    }
+
     /// A new temporary file inside the store, removed on drop unless committed.
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
         tempfile::Builder::new()

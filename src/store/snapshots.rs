@@ -4,6 +4,11 @@
 //! every build and step that stands on the same chain. The key names the chain (and the
 //! id mapping its owners were made with). Each is an index record (`snapshot:<key>`) with
 //! its size; GC removes them like any other root, least recently used first.
+//!
+//! Snapshots are not fsynced (a step's upper directory can be large, and everything in
+//! it can be made again from the blobs): each record names the boot it was made in, and a
+//! snapshot from another boot is dropped when next looked up, since a power loss or a
+//! killed VM may have left it torn.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,6 +22,17 @@ fn record_id(key: &str) -> String {
     format!("snapshot:{key}")
 }
 
+/// This boot's id (the kernel's `boot_id`).
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn boot_data() -> String {
+    serde_json::json!({ "boot": boot_id() }).to_string()
+}
+
 impl Store {
     /// Where snapshot `key` lives (whether or not it exists).
     pub fn snapshot_dir(&self, key: &str) -> PathBuf {
@@ -27,14 +43,37 @@ impl Store {
     pub fn snapshot(&self, key: &str) -> Result<Option<PathBuf>> {
         let id = record_id(key);
         let dir = self.snapshot_dir(key);
-        self.write_tx(|tx| {
-            if self.record_in(tx, &id)?.is_none() || !dir.is_dir() {
+        let mut stale = None;
+        let found = self.write_tx(|tx| {
+            let Some(rec) = self.record_in(tx, &id)? else {
+                return Ok(None);
+            };
+            if rec.data.as_deref() != Some(boot_data().as_str()) || !dir.is_dir() {
+                // Made before this boot (maybe torn by a crash), or gone: made again.
+                let leased = tx
+                    .query_row(
+                        "SELECT 1 FROM leased WHERE record = ?1",
+                        rusqlite::params![id],
+                        |_| Ok(()),
+                    )
+                    .is_ok();
+                if !leased {
+                    tx.execute("DELETE FROM records WHERE id = ?1", rusqlite::params![id])?;
+                    let aside = self.tmp_dir().join(format!("stale-{key}"));
+                    if fs::rename(&dir, &aside).is_ok() {
+                        stale = Some(aside);
+                    }
+                }
                 return Ok(None);
             }
             self.lease_in(tx, &id)?;
             Self::touch_in(tx, &id)?;
             Ok(Some(dir.clone()))
-        })
+        });
+        if let Some(s) = stale {
+            remove_tree(&s);
+        }
+        found
     }
 
     /// Makes the directory `upper` snapshot `key` (moved into place) and returns where it
@@ -48,7 +87,10 @@ impl Store {
         let mut stale = None;
         let kept_other = self.write_tx(|tx| {
             self.lease_in(tx, &id)?;
-            if self.record_in(tx, &id)?.is_some() && dest.is_dir() {
+            let current = self
+                .record_in(tx, &id)?
+                .is_some_and(|r| r.data.as_deref() == Some(boot_data().as_str()));
+            if current && dest.is_dir() {
                 Self::touch_in(tx, &id)?;
                 return Ok(true);
             }
@@ -69,7 +111,7 @@ impl Store {
                 last_used: t,
                 use_count: 1,
                 description: "unpacked layer".into(),
-                data: None,
+                data: Some(boot_data()),
             };
             Self::put_record_in(tx, &rec, &[], true)?;
             Ok(false)

@@ -25,6 +25,19 @@ fn setup(test: &str, dockerfile: &str, files: &[(&str, &str)]) -> Option<Build> 
     Some(b)
 }
 
+/// `len` bytes that gzip cannot shrink (xorshift; the same every time).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 fn write_case(b: &Build, dockerfile: &str, files: &[(&str, &str)]) {
     std::fs::write(&b.dockerfile, dockerfile).expect("write the Dockerfile");
     for (name, content) in files {
@@ -439,17 +452,7 @@ fn sigterm_ends_a_build_without_run_steps_and_leaves_nothing() {
         return;
     };
     // 150 MB that gzip cannot shrink: the COPY's layer takes a while to write.
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let big: Vec<u8> = (0..150_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(b.ctx.join("big"), &big).unwrap();
-    drop(big);
+    std::fs::write(b.ctx.join("big"), noise(150_000_000)).unwrap();
     let mut cmd = b.build_cmd(&["--pull=never"]);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -652,16 +655,7 @@ fn a_full_disk_fails_clearly_and_leaves_the_cache_consistent() {
         return;
     };
     // 12 MB that gzip cannot shrink, in the context (not on the small disk).
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let big: Vec<u8> = (0..12_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(b.ctx.join("big"), &big).unwrap();
+    std::fs::write(b.ctx.join("big"), noise(12_000_000)).unwrap();
     // The cache on an 8 MB tmpfs, holding busybox.
     let small = b.dir.join("small");
     std::fs::create_dir(&small).unwrap();

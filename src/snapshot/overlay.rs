@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use super::walk::entry_of;
 use super::{Content, EntryKind, LayerEntry, OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// The xattrs that mark a directory opaque in an upper directory, by writer.
@@ -326,7 +327,7 @@ fn unchanged(lower: &Path, upper: &Path, um: &fs::Metadata) -> bool {
     if um.file_type().is_symlink() {
         return fs::read_link(lower).ok() == fs::read_link(upper).ok();
     }
-    if layer_xattrs(lower) != layer_xattrs(upper) {
+    if super::xattr::kept(lower) != super::xattr::kept(upper) {
         return false;
     }
     // Same size, mode, owner and mtime can still hide new bytes (archives extracted with
@@ -349,36 +350,6 @@ fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
             return Ok(false);
         }
     }
-}
-
-/// The xattrs a layer keeps of an upper entry: overlay's own bookkeeping left out.
-fn layer_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut x = super::xattr::kept(path);
-    x.retain(|(name, _)| {
-        !(name.starts_with("user.overlay.") || name.starts_with("user.fuseoverlayfs."))
-    });
-    x
-}
-
-/// A layer entry for the upper file at `host` (the same as the walk snapshotter makes).
-fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<LayerEntry> {
-    let kind = EntryKind::of_disk(host, m)?.unwrap_or(EntryKind::File {
-        size: 0,
-        source: Content::Bytes(Vec::new()),
-    });
-    Ok(LayerEntry {
-        path: rel.to_string(),
-        kind,
-        mode: m.mode() & 0o7777,
-        uid: m.uid(),
-        gid: m.gid(),
-        mtime: m.mtime(),
-        xattrs: if m.file_type().is_symlink() {
-            Vec::new()
-        } else {
-            layer_xattrs(host)
-        },
-    })
 }
 
 #[cfg(test)]

@@ -203,8 +203,9 @@ fn opaque_marker(dir: &str, m: &Meta) -> LayerEntry {
     }
 }
 
-/// A layer entry for the file now at `host`.
-fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<LayerEntry> {
+/// A layer entry for the file now at `host` (also the overlay snapshotter's, for an upper
+/// directory's entries).
+pub(crate) fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<LayerEntry> {
     let ft = m.file_type();
     // A socket: layers cannot hold one; an empty file keeps the name visible.
     let kind = EntryKind::of_disk(host, m)?.unwrap_or(EntryKind::File {

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Extended attributes worth keeping in a layer (`user.*`, `security.capability`).
+/// Extended attributes worth keeping in a layer (`user.*`, `security.capability`), never
+/// an overlay's own bookkeeping (`user.overlay.*`, `user.fuseoverlayfs.*`).
 pub(crate) fn kept(path: &Path) -> Vec<(String, Vec<u8>)> {
     let Ok(cpath) = CString::new(path.as_os_str().as_bytes()) else {
         return Vec::new();
@@ -26,7 +27,8 @@ pub(crate) fn kept(path: &Path) -> Vec<(String, Vec<u8>)> {
         let Ok(text) = std::str::from_utf8(name) else {
             continue;
         };
-        if !(text.starts_with("user.") || text == "security.capability") {
+        let private = text.starts_with("user.overlay.") || text.starts_with("user.fuseoverlayfs.");
+        if private || !(text.starts_with("user.") || text == "security.capability") {
             continue;
         }
         let Ok(cname) = CString::new(name) else {

@@ -379,7 +379,8 @@ fn prepare_sandbox(
     progress: &Progress,
 ) -> Result<RunEnvironment> {
     use crate::sandbox::run::Isolation;
-    let cancel = Cancel::install();
+    // Installed at the start of the build.
+    let cancel = Cancel;
     let wanted = match isolation {
         "auto" => None,
         "namespaces" | "oci" | "rootless" => Some(Isolation::Namespaces),

@@ -57,13 +57,32 @@ impl GcArgs {
     }
 }
 
+/// `--cache-dir` of the commands that work on the store.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CacheDirArg {
+    /// Cache directory (default: $XDG_CACHE_HOME/rbuild or ~/.cache/rbuild).
+    #[arg(
+        long = "cache-dir",
+        value_name = "DIR",
+        env = "RBUILD_CACHE_DIR",
+        global = true
+    )]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CacheDirArg {
+    /// Opens the store it names (or the default one).
+    pub fn open(&self) -> Result<Store> {
+        Store::open(&self.cache_dir.clone().unwrap_or_else(default_cache_dir))
+    }
+}
+
 /// `rbuild du`: the cache's records and their sizes.
 #[derive(Debug, Parser)]
 #[command(name = "rbuild du")]
 struct DuArgs {
-    /// Cache directory (default: $XDG_CACHE_HOME/rbuild or ~/.cache/rbuild).
-    #[arg(long = "cache-dir", value_name = "DIR", env = "RBUILD_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheDirArg,
     /// Show every field of every record.
     #[arg(long, short = 'v')]
     verbose: bool,
@@ -76,9 +95,8 @@ struct DuArgs {
 #[derive(Debug, Parser)]
 #[command(name = "rbuild prune")]
 struct PruneArgs {
-    /// Cache directory (default: $XDG_CACHE_HOME/rbuild or ~/.cache/rbuild).
-    #[arg(long = "cache-dir", value_name = "DIR", env = "RBUILD_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheDirArg,
     /// Base images (pulled or loaded) too.
     #[arg(long, short = 'a')]
     all: bool,
@@ -99,14 +117,8 @@ struct PruneArgs {
 #[derive(Debug, Parser)]
 #[command(name = "rbuild cache")]
 struct CacheArgs {
-    /// Cache directory (default: $XDG_CACHE_HOME/rbuild or ~/.cache/rbuild).
-    #[arg(
-        long = "cache-dir",
-        value_name = "DIR",
-        env = "RBUILD_CACHE_DIR",
-        global = true
-    )]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheDirArg,
     #[command(subcommand)]
     command: CacheCommand,
 }
@@ -159,13 +171,9 @@ fn filter_of(raw: &[String], all: bool) -> Result<Filter> {
     Ok(f)
 }
 
-fn open(dir: Option<PathBuf>) -> Result<Store> {
-    Store::open(&dir.unwrap_or_else(default_cache_dir))
-}
-
 fn du(args: DuArgs) -> Result<i32> {
     let filter = filter_of(&args.filters, true)?;
-    let store = open(args.cache_dir)?;
+    let store = args.cache.open()?;
     let (rows, sum) = gc::usage(&store, &filter)?;
     let t = now();
     if args.verbose {
@@ -224,7 +232,7 @@ fn prune(args: PruneArgs) -> Result<i32> {
         return Ok(EXIT_OK);
     }
     enter_userns();
-    let store = open(args.cache_dir)?;
+    let store = args.cache.open()?;
     let policy = args.gc.policy(&store)?;
     let report = gc::collect(&store, &policy, &filter, false, true)?;
     let freed: u64 = report.removed.iter().map(|(_, b)| *b).sum();
@@ -266,7 +274,7 @@ fn enter_userns() {
 fn cache(args: CacheArgs) -> Result<i32> {
     let CacheCommand::Check { repair } = args.command;
     enter_userns();
-    let store = open(args.cache_dir)?;
+    let store = args.cache.open()?;
     let report = crate::store::check::check(&store, repair)?;
     for p in &report.problems {
         println!("{p}");

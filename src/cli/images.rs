@@ -7,25 +7,18 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use super::{default_cache_dir, EXIT_BUILD_FAILED, EXIT_OK, EXIT_USAGE};
+use super::{EXIT_BUILD_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::image::reference::Reference;
 use crate::plan::Platform;
 use crate::source::archive::import;
 use crate::source::image::open_stored;
-use crate::store::Store;
 
 /// Manage the images in rbuild's store.
 #[derive(Debug, Parser)]
 #[command(name = "rbuild image")]
 struct ImageArgs {
-    /// Cache directory (default: $XDG_CACHE_HOME/rbuild or ~/.cache/rbuild).
-    #[arg(
-        long = "cache-dir",
-        value_name = "DIR",
-        env = "RBUILD_CACHE_DIR",
-        global = true
-    )]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: super::cache::CacheDirArg,
     #[command(subcommand)]
     command: ImageCommand,
 }
@@ -89,7 +82,7 @@ pub fn main(mut argv: Vec<OsString>) -> i32 {
 }
 
 fn run(args: ImageArgs) -> Result<()> {
-    let store = Store::open(&args.cache_dir.unwrap_or_else(default_cache_dir))?;
+    let store = args.cache.open()?;
     let platform = Platform::host();
     match args.command {
         ImageCommand::Load {

@@ -102,6 +102,24 @@ pub struct LayerEntry {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+impl LayerEntry {
+    /// An empty marker file: a whiteout (`.wh.NAME`) or an opaque marker.
+    pub fn marker(path: String, mtime: i64) -> LayerEntry {
+        LayerEntry {
+            path,
+            kind: EntryKind::File {
+                size: 0,
+                source: Content::Bytes(Vec::new()),
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime,
+            xattrs: Vec::new(),
+        }
+    }
+}
+
 /// Name prefix that marks a whiteout (a deletion) in an OCI layer.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// Name of the marker that makes a directory opaque (hides everything below it).

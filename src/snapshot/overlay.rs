@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::walk::entry_of;
-use super::{Content, EntryKind, LayerEntry, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use super::{LayerEntry, OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// The xattrs that mark a directory opaque in an upper directory, by writer.
 const OPAQUE_XATTRS: [&str; 3] = [
@@ -262,7 +262,10 @@ pub fn diff_upper(
             continue; // fuse-overlayfs's marker file: the directory's xattr says it
         }
         if let Some(gone) = whiteout_name(name, &meta) {
-            out.push(marker(&join(dir, &format!("{WHITEOUT_PREFIX}{gone}")), 0));
+            out.push(LayerEntry::marker(
+                join(dir, &format!("{WHITEOUT_PREFIX}{gone}")),
+                0,
+            ));
             continue;
         }
         let below_opaque = opaque.iter().any(|o| {
@@ -271,7 +274,10 @@ pub fn diff_upper(
         });
         if meta.is_dir() && is_opaque(e.path()) {
             opaque.push(rel.clone());
-            out.push(marker(&format!("{rel}/{OPAQUE_MARKER}"), meta.mtime()));
+            out.push(LayerEntry::marker(
+                format!("{rel}/{OPAQUE_MARKER}"),
+                meta.mtime(),
+            ));
             out.push(entry_of(&rel, e.path(), &meta)?);
             continue;
         }
@@ -288,22 +294,6 @@ fn join(dir: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{dir}/{name}")
-    }
-}
-
-/// An empty marker file (whiteout or opaque marker).
-fn marker(path: &str, mtime: i64) -> LayerEntry {
-    LayerEntry {
-        path: path.to_string(),
-        kind: EntryKind::File {
-            size: 0,
-            source: Content::Bytes(Vec::new()),
-        },
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime,
-        xattrs: Vec::new(),
     }
 }
 
@@ -338,7 +328,8 @@ fn unchanged(lower: &Path, upper: &Path, um: &fs::Metadata) -> bool {
 /// Whether two files hold the same bytes.
 fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
     use std::io::Read;
-    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    let mut fa = crate::cancel::Cancellable(File::open(a)?);
+    let mut fb = File::open(b)?;
     let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
     loop {
         let n = fa.read(&mut ba)?;

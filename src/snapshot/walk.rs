@@ -171,36 +171,14 @@ impl TreeState {
             } else {
                 format!("{dir}/{WHITEOUT_PREFIX}{name}")
             };
-            out.push(LayerEntry {
-                path,
-                kind: EntryKind::File {
-                    size: 0,
-                    source: Content::Bytes(Vec::new()),
-                },
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                xattrs: Vec::new(),
-            });
+            out.push(LayerEntry::marker(path, 0));
         }
         Ok(out)
     }
 }
 
 fn opaque_marker(dir: &str, m: &Meta) -> LayerEntry {
-    LayerEntry {
-        path: format!("{dir}/{OPAQUE_MARKER}"),
-        kind: EntryKind::File {
-            size: 0,
-            source: Content::Bytes(Vec::new()),
-        },
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime: m.mtime.0,
-        xattrs: Vec::new(),
-    }
+    LayerEntry::marker(format!("{dir}/{OPAQUE_MARKER}"), m.mtime.0)
 }
 
 /// A layer entry for the file now at `host` (also the overlay snapshotter's, for an upper

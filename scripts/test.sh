@@ -10,7 +10,9 @@
 #     rbuild-tester (created with subordinate uid/gid ranges), from a world-readable copy
 #     under /tmp, so the rootless code paths (and rootless podman/umoci) are tested too;
 #     The RUN and cache suites run once more as rbuild-tester on the walk snapshotter
-#     (the default, auto, picks the kernel overlay where it works).
+#     (the default, auto, picks the kernel overlay where it works), and the RUN and
+#     COPY/ADD suites once more on fuse-overlayfs, for which /dev/fuse is made usable by
+#     every user (chmod 666; it is 0600 root on these machines);
 #  6. as root only: runs the RUN and offline suites once more as rbuild-single, a user
 #     with no sub-id ranges, so rbuild falls back to mapping that user's id alone (what
 #     needs other ids skips, saying why).
@@ -27,7 +29,7 @@ SINGLE_USER=rbuild-single
 PACKAGES=(
     skopeo umoci podman uidmap busybox-static jq
     tar gzip xz-utils zstd bzip2 file make gcc libc6-dev
-    docker-registry apache2-utils openssl iproute2 util-linux
+    docker-registry apache2-utils openssl iproute2 util-linux fuse-overlayfs
 )
 
 log() { printf '\n==> %s\n' "$*" >&2; }
@@ -126,6 +128,11 @@ as_user() {
         timeout 30m "${@:2}")
 }
 
+# fuse-overlayfs (compared with the other snapshotters in the RUN suite, and the whole
+# RUN and COPY/ADD suites below): every FUSE mount opens /dev/fuse, which must be usable
+# by the unprivileged users.
+[[ -c /dev/fuse ]] || die "/dev/fuse is missing: the fuse-overlayfs tests need it"
+chmod 666 /dev/fuse
 for bin in "$RUN_DIR"/bin/*; do
     log "$(basename "$bin") as $TEST_USER"
     as_user "$TEST_USER" "$bin" || failed+=("$(basename "$bin") as $TEST_USER")
@@ -137,6 +144,11 @@ for bin in "$RUN_DIR"/bin/run-* "$RUN_DIR"/bin/cache-*; do
     log "$(basename "$bin") as $TEST_USER with RBUILD_SNAPSHOTTER=walk"
     RBUILD_SNAPSHOTTER=walk as_user "$TEST_USER" "$bin" ||
         failed+=("$(basename "$bin") as $TEST_USER, walk")
+done
+for bin in "$RUN_DIR"/bin/run-* "$RUN_DIR"/bin/cases-*; do
+    log "$(basename "$bin") as $TEST_USER with RBUILD_SNAPSHOTTER=fuse-overlayfs"
+    RBUILD_SNAPSHOTTER=fuse-overlayfs as_user "$TEST_USER" "$bin" ||
+        failed+=("$(basename "$bin") as $TEST_USER, fuse-overlayfs")
 done
 
 log "setting up $SINGLE_USER, a user with no sub-id ranges (rbuild maps only its own id)"

@@ -146,12 +146,19 @@ pub struct BuildArgs {
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub isolation: String,
     /// How RUN steps get their root and their layer: overlay (a kernel overlay of the
-    /// cache's unpacked layers; the layer is read from the upper directory), walk (in
-    /// place; the layer is the difference from a record taken before the step), copy (a
-    /// private copy of the root, reflinked where the filesystem can), or auto (overlay
-    /// where it works here, else walk).
-    #[arg(long, value_name = "NAME", env = "RBUILD_SNAPSHOTTER", default_value = "auto",
-          value_parser = |s: &str| Snapshotter::parse(s).map_err(|e| e.to_string()))]
+    /// cache's unpacked layers; the layer is read from the upper directory),
+    /// fuse-overlayfs (the same, served by fuse-overlayfs), walk (in place; the layer is
+    /// the difference from a record taken before the step), copy (a private copy of the
+    /// root, reflinked where the filesystem can), or auto (overlay where it works here,
+    /// else fuse-overlayfs, else walk).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "RBUILD_SNAPSHOTTER",
+        default_value = "auto",
+        value_enum,
+        hide_possible_values = true
+    )]
     pub snapshotter: Snapshotter,
     /// The build context: a directory, or `-` for a tar stream on stdin.
     #[arg(value_name = "CONTEXT")]
@@ -170,14 +177,7 @@ pub fn main_with_args(mut argv: Vec<OsString>) -> i32 {
         return cache::main(argv);
     }
     if argv.get(1).is_some_and(|a| a == "info") {
-        let cache_dir = std::env::var_os("RBUILD_CACHE_DIR").map(PathBuf::from);
-        return match info::run(cache_dir) {
-            Ok(()) => EXIT_OK,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                EXIT_BUILD_FAILED
-            }
-        };
+        return info::main(argv);
     }
     if argv.get(1).is_some_and(|a| a == "build") {
         argv.remove(1);
@@ -434,31 +434,50 @@ fn id_maps() -> String {
 }
 
 /// `auto` becomes overlay when the kernel overlay works here (the build then has a mount
-/// namespace of its own), else walk; `overlay` fails with the reason when it does not.
+/// namespace of its own), else fuse-overlayfs when that works, else walk; `overlay` and
+/// `fuse-overlayfs` fail with the reason when they do not. What was tried is recorded in
+/// the cache directory for `rbuild info`.
 fn resolve_snapshotter(
     wanted: Snapshotter,
     isolation: crate::sandbox::run::Isolation,
     store: &Store,
 ) -> Result<Snapshotter> {
-    if !matches!(wanted, Snapshotter::Auto | Snapshotter::Overlay) {
-        return Ok(wanted);
-    }
-    let usable = if isolation == crate::sandbox::run::Isolation::Chroot {
+    use crate::snapshot::overlay::{self, Driver};
+    let tried: &[Driver] = match wanted {
+        Snapshotter::Walk | Snapshotter::Copy => return Ok(wanted),
+        Snapshotter::Overlay => &[Driver::Kernel],
+        Snapshotter::FuseOverlayfs => &[Driver::Fuse],
+        Snapshotter::Auto => &[Driver::Kernel, Driver::Fuse],
+    };
+    let namespace = if isolation == crate::sandbox::run::Isolation::Chroot {
         Err(anyhow!(
             "RUN steps use the chroot isolation, which has no mount namespace"
         ))
     } else {
-        let outcome = crate::snapshot::overlay::private_mount_namespace()
-            .and_then(|()| crate::snapshot::overlay::probe(&store.tmp_dir()));
-        crate::snapshot::overlay::record_probe(store.root(), &outcome);
-        outcome
+        overlay::private_mount_namespace()
     };
-    match (usable, wanted) {
-        (Ok(()), _) => Ok(Snapshotter::Overlay),
-        (Err(_), Snapshotter::Auto) => Ok(Snapshotter::Walk),
-        (Err(e), _) => {
-            Err(e.context("--snapshotter=overlay: the kernel overlay cannot be used here"))
+    let mut outcomes = Vec::new();
+    for &driver in tried {
+        let outcome = match &namespace {
+            Ok(()) => overlay::probe(driver, &store.tmp_dir()),
+            Err(e) => Err(anyhow!("{e:#}")),
+        };
+        let usable = outcome.is_ok();
+        outcomes.push((driver, outcome));
+        if usable {
+            break;
         }
+    }
+    let recorded: Vec<(Driver, &Result<()>)> = outcomes.iter().map(|(d, o)| (*d, o)).collect();
+    overlay::record_probe(store.root(), &recorded);
+    match outcomes.pop() {
+        Some((Driver::Kernel, Ok(()))) => Ok(Snapshotter::Overlay),
+        Some((Driver::Fuse, Ok(()))) => Ok(Snapshotter::FuseOverlayfs),
+        Some((driver, Err(e))) if wanted != Snapshotter::Auto => Err(e.context(format!(
+            "--snapshotter={}: it cannot be used here",
+            driver.name()
+        ))),
+        _ => Ok(Snapshotter::Walk),
     }
 }
 

@@ -42,6 +42,35 @@ fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// Whether fuse-overlayfs can be used by this user: the program on PATH and `/dev/fuse`
+/// openable. In CI both are the harness's job (scripts/test.sh installs the program and
+/// makes the device usable), so a missing one fails the test; elsewhere it skips.
+fn fuse_usable(test: &str) -> bool {
+    if !require_tools(test, &["fuse-overlayfs"]) {
+        return false;
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        Ok(_) => true,
+        Err(e) if common::in_ci() => panic!(
+            "{test}: cannot open /dev/fuse ({e}); CI=true, so this is a failure: scripts/test.sh makes it usable (chmod 666 as root)"
+        ),
+        Err(e) => {
+            skip(test, &format!("cannot open /dev/fuse: {e}"));
+            false
+        }
+    }
+}
+
+/// The snapshotters every RUN can be compared across: walk, copy, the kernel overlay and
+/// fuse-overlayfs (where usable).
+fn all_snapshotters(test: &str) -> Vec<&'static str> {
+    let mut v = vec!["walk", "copy", "overlay"];
+    if fuse_usable(test) {
+        v.push("fuse-overlayfs");
+    }
+    v
+}
+
 /// The reason to skip owner assertions, when rbuild would run in single-id mode.
 fn single_id_skip(test: &str) -> bool {
     match single_id_mode() {
@@ -525,12 +554,14 @@ fn inherited_file_descriptors_do_not_reach_steps() {
 
 /// Starts the `cancel` build, waits for its step to print `started` and for `sleep 300` to
 /// run, sends `sig` to rbuild and checks that everything ends within 2 s and leaves nothing.
-fn cancel_with(test: &str, sig: Signal) {
+fn cancel_with(test: &str, sig: Signal, extra: &[&str]) {
     let Some(b) = prepared(test, "cancel") else {
         return;
     };
     let dest = format!("type=tar,dest={}", b.fs_out().display());
-    let mut cmd = b.build_cmd(&args(&["-o", &dest]));
+    let mut all = vec!["-o", dest.as_str()];
+    all.extend_from_slice(extra);
+    let mut cmd = b.build_cmd(&args(&all));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -619,10 +650,18 @@ fn cancel_with(test: &str, sig: Signal) {
         !status.success(),
         "a cancelled build exited 0 after {took:?}:\n{err}"
     );
-    assert!(
-        err.to_lowercase().contains("cancel"),
-        "rbuild should say the build was cancelled:\n{err}"
-    );
+    if sig == Signal::SIGKILL {
+        // Nothing could be cleaned up: the next build on the cache collects what the
+        // killed one left (its temp directory, upper directories).
+        std::fs::write(&b.dockerfile, "FROM busybox\nRUN true\n").unwrap();
+        b.build(&args(extra))
+            .assert_ok("a build after the killed one");
+    } else {
+        assert!(
+            err.to_lowercase().contains("cancel"),
+            "rbuild should say the build was cancelled:\n{err}"
+        );
+    }
     assert_eq!(b.leftover_temp_files(), Vec::<String>::new(), "store tmp/");
     assert_eq!(
         mounts_under(b.dir.path()),
@@ -634,12 +673,26 @@ fn cancel_with(test: &str, sig: Signal) {
 
 #[test]
 fn sigint_cancels_the_build_and_its_step() {
-    cancel_with("sigint_cancels_the_build_and_its_step", Signal::SIGINT);
+    cancel_with("sigint_cancels_the_build_and_its_step", Signal::SIGINT, &[]);
 }
 
 #[test]
 fn sigterm_cancels_the_build_and_its_step() {
-    cancel_with("sigterm_cancels_the_build_and_its_step", Signal::SIGTERM);
+    cancel_with(
+        "sigterm_cancels_the_build_and_its_step",
+        Signal::SIGTERM,
+        &[],
+    );
+}
+
+#[test]
+fn sigkill_on_fuse_overlayfs_leaves_no_daemon() {
+    // Killed outright, rbuild cannot unmount: its fuse-overlayfs daemons must die with it
+    // (they hold the mount namespace and the upper directories otherwise).
+    let test = "sigkill_on_fuse_overlayfs_leaves_no_daemon";
+    if fuse_usable(test) {
+        cancel_with(test, Signal::SIGKILL, &["--snapshotter=fuse-overlayfs"]);
+    }
 }
 
 #[test]
@@ -865,8 +918,8 @@ fn info_reports_namespaces_mapping_isolation_and_seccomp() {
 }
 
 #[test]
-fn copy_snapshotter_makes_the_same_layers_as_walk() {
-    let test = "copy_snapshotter_makes_the_same_layers_as_walk";
+fn every_snapshotter_makes_the_same_layers_as_walk() {
+    let test = "every_snapshotter_makes_the_same_layers_as_walk";
     let mut names = vec!["deletions", "forms"];
     // USER app, chown to 1000 and to 1:1 need ids a single-id mapping does not have.
     if !single_id_skip(test) {
@@ -877,7 +930,8 @@ fn copy_snapshotter_makes_the_same_layers_as_walk() {
         // agree byte for byte — except where a step replaces a directory: whether the new
         // one gets the old inode number is up to the filesystem, and decides between an
         // opaque directory and a whiteout per old entry (the same tree either way).
-        let results: Vec<_> = ["walk", "copy", "overlay"]
+        let snapshotters = all_snapshotters(test);
+        let results: Vec<_> = snapshotters
             .iter()
             .map(|snapshotter| {
                 let b = prepared(test, name).expect("the busybox base (checked above)");
@@ -908,14 +962,14 @@ fn copy_snapshotter_makes_the_same_layers_as_walk() {
             })
             .collect();
         let walk = &results[0];
-        for (other, got) in ["copy", "overlay"].iter().zip(&results[1..]) {
+        for (other, got) in snapshotters[1..].iter().zip(&results[1..]) {
+            let overlay = other.contains("overlay");
             // A new hard link to a lower layer's file changes that file's link count and
             // ctime: walk adds it again (with its other names, so the link survives in
             // the layer); overlay, like BuildKit's differ, adds only the new name. The
             // same files either way.
             let relinked = |e: &String| {
-                *other == "overlay"
-                    && (e.starts_with("hl-src ") || e.starts_with("hl-within-lower "))
+                overlay && (e.starts_with("hl-src ") || e.starts_with("hl-within-lower "))
             };
             let expected: Vec<Vec<String>> = walk
                 .1
@@ -937,7 +991,7 @@ fn copy_snapshotter_makes_the_same_layers_as_walk() {
             // any overlay without `index` does, which rootless overlay cannot have.
             let unlinked = |p: &str, n: &common::tree::Node| {
                 let mut n = n.clone();
-                if name == "overlay-edge" && *other == "overlay" && p.starts_with("/hl-") {
+                if name == "overlay-edge" && overlay && p.starts_with("/hl-") {
                     n.link_group = String::new();
                     n.is_hardlink_entry = false;
                 }
@@ -1042,7 +1096,101 @@ fn overlay_stacks_200_layers_and_starts_from_a_cache_hit() {
         over, walked,
         "201 lowers: overlay and walk made other images"
     );
+    // fuse-overlayfs keeps snapshots of its own: the 201 layers are unpacked again, each
+    // through a fuse-overlayfs mount of the ones below, and then stacked.
+    if fuse_usable(test) {
+        let (fused, fs) = build_with(&b, on_tall, "fuse-overlayfs", &[]);
+        assert_eq!(file_content(&fs, "/both").as_deref(), Some("1\n200\n"));
+        assert_eq!(
+            fused, walked,
+            "201 lowers: fuse-overlayfs and walk made other images"
+        );
+        let (fused, _) = build_with(&b, second, "fuse-overlayfs", &[]);
+        assert_eq!(
+            fused, on_hit,
+            "fuse-overlayfs after a cache hit made another layer than overlay"
+        );
+    }
     assert!(b.leftover_temp_files().is_empty(), "temp files left");
+    assert!(
+        mounts_under(&b.cache).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&b.cache)
+    );
+}
+
+#[test]
+fn fuse_overlayfs_missing_or_chosen_by_auto() {
+    let test = "fuse_overlayfs_missing_or_chosen_by_auto";
+    let Some(b) = prepared(test, "forms") else {
+        return;
+    };
+    std::fs::write(&b.dockerfile, "FROM busybox\nRUN echo a > /a\n").unwrap();
+    // Not on PATH: the build fails saying what to install (newuidmap and newgidmap stay
+    // reachable).
+    let bin = common::TestDir::new(test);
+    for tool in ["newuidmap", "newgidmap"] {
+        if let Some(p) = common::find_tool(tool) {
+            std::os::unix::fs::symlink(p, bin.path().join(tool)).unwrap();
+        }
+    }
+    let mut cmd = b.build_cmd(&args(&["--snapshotter=fuse-overlayfs"]));
+    cmd.env("PATH", bin.path());
+    let ran = run_cmd(&mut cmd, None, common::TOOL_TIMEOUT);
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    assert!(
+        ran.stderr_text()
+            .contains("fuse-overlayfs is not on PATH: install it"),
+        "{}",
+        ran.summary()
+    );
+    // auto falls back to fuse-overlayfs where the kernel overlay cannot hold upper
+    // directories: a cache directory on overlayfs. Mounting that overlay needs root.
+    if !is_root() {
+        skip(
+            test,
+            "mounting an overlay for the cache directory needs root",
+        );
+        return;
+    }
+    if !fuse_usable(test) {
+        return;
+    }
+    let t = common::TestDir::new(test);
+    for d in ["lower", "upper", "work", "merged"] {
+        std::fs::create_dir(t.path().join(d)).unwrap();
+    }
+    let p = |n: &str| t.path().join(n).display().to_string();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        p("lower"),
+        p("upper"),
+        p("work")
+    );
+    let mut mount = Command::new("mount");
+    mount.args(["-t", "overlay", "overlay", "-o", &options, &p("merged")]);
+    run_cmd(&mut mount, None, common::TOOL_TIMEOUT)
+        .assert_ok("mount an overlay for the cache directory");
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(p("merged"));
+    let mut on_overlay = prepared(test, "forms").unwrap();
+    on_overlay.cache = t.path().join("merged/cache");
+    on_overlay.load_busybox(&busybox(test).unwrap());
+    std::fs::write(&on_overlay.dockerfile, "FROM busybox\nRUN echo a > /a\n").unwrap();
+    let built = on_overlay.build_ok(&args(&["--snapshotter=auto"]));
+    assert_eq!(file_content(&built.fs(), "/a").as_deref(), Some("a\n"));
+    let mut cmd = rbuild_cmd();
+    cmd.args(["info", "--cache-dir"]).arg(&on_overlay.cache);
+    let text = info_with(&mut cmd);
+    let kernel = info_line(&text, "overlay probe:").expect("an overlay probe line");
+    assert!(kernel.contains("is on overlayfs"), "{kernel}");
+    let fuse = info_line(&text, "fuse-overlayfs probe:").expect("a fuse-overlayfs line");
+    assert!(fuse.starts_with("usable"), "{fuse}");
 }
 
 #[test]

@@ -1,20 +1,54 @@
 //! `rbuild info`: what rbuild found on this machine, what it will use, and why; for each
 //! missing piece, the fix.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use clap::Parser;
 use nix::sched::CloneFlags;
 
-use super::default_cache_dir;
+use super::cache::CacheDirArg;
+use super::{default_cache_dir, EXIT_BUILD_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::sandbox::caps::DEFAULT_CAPS;
 use crate::sandbox::run::{can_unshare, STEP_NAMESPACES};
 use crate::sandbox::seccomp::{kernel_version, Filter};
 use crate::sandbox::userns::{facts, probe, Mapping, SubIdRange};
 use crate::snapshot::clone::can_reflink;
 
+/// `rbuild info`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rbuild info",
+    bin_name = "rbuild info",
+    about = "What rbuild found on this machine, what builds will use, and why"
+)]
+struct InfoArgs {
+    #[command(flatten)]
+    cache: CacheDirArg,
+}
+
+/// Runs `rbuild info ARGS` (argv\[1\] is `info`) and returns the exit code.
+pub fn main(mut argv: Vec<OsString>) -> i32 {
+    argv.remove(0);
+    let args = match InfoArgs::try_parse_from(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    match run(args.cache.cache_dir) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_BUILD_FAILED
+        }
+    }
+}
+
 /// Prints the report; `cache_dir` is the store that builds would use.
-pub fn run(cache_dir: Option<PathBuf>) -> Result<()> {
+fn run(cache_dir: Option<PathBuf>) -> Result<()> {
     let f = facts();
     let root = nix::unistd::getuid().is_root();
     let who = f.user.clone().unwrap_or_else(|| "?".into());
@@ -101,24 +135,42 @@ pub fn run(cache_dir: Option<PathBuf>) -> Result<()> {
         Err(_) => "reflinked if the cache's filesystem can (it does not exist yet)",
     };
     println!(
-        "snapshotter:       {chosen} (--snapshotter, env RBUILD_SNAPSHOTTER); auto: overlay where a test mount in the cache directory works at the start of a build (namespaces isolation, userxattr, two lowers, a whiteout, an opaque directory; not on overlayfs), else walk; overlay: each RUN on a kernel overlay of the cache's unpacked layers, the layer read from the upper directory; walk: each RUN changes the stage's private root in place, the layer is the diff by inode, mode, owner, size and ctime; copy: each RUN works on a private copy, {reflink}"
+        "snapshotter:       {chosen} (--snapshotter, env RBUILD_SNAPSHOTTER); auto: overlay where a test mount in the cache directory works at the start of a build (namespaces isolation, userxattr, two lowers, a whiteout, an opaque directory; not on overlayfs), else fuse-overlayfs where the same test works with it, else walk; overlay: each RUN on a kernel overlay of the cache's unpacked layers, the layer read from the upper directory; fuse-overlayfs: the same, served by the fuse-overlayfs program ({fuse}); walk: each RUN changes the stage's private root in place, the layer is the diff by inode, mode, owner, size and ctime; copy: each RUN works on a private copy, {reflink}",
+        fuse = match crate::snapshot::fuse_overlay::program() {
+            Ok(p) => format!("found at {}", p.display()),
+            Err(_) => "not on PATH".into(),
+        }
     );
-    match crate::snapshot::overlay::read_probe(&cache_dir) {
-        Some(p) if p.usable => println!(
-            "overlay probe:     usable in this cache directory (kernel {}, {})",
-            p.kernel,
-            crate::solver::rfc3339(p.checked)
-        ),
-        Some(p) => println!(
-            "overlay probe:     not usable in this cache directory (kernel {}, {}): {}; auto uses walk",
-            p.kernel,
-            crate::solver::rfc3339(p.checked),
-            p.reason
-        ),
-        None => println!(
-            "overlay probe:     not run yet in this cache directory (the first build with a RUN step probes it)"
-        ),
+    for line in probe_lines(crate::snapshot::overlay::read_probe(&cache_dir)) {
+        println!("{line}");
     }
     println!("cache dir:         {}", cache_dir.display());
     Ok(())
+}
+
+/// What the last probe of the cache directory found, a line per driver tried.
+fn probe_lines(record: Option<crate::snapshot::overlay::ProbeRecord>) -> Vec<String> {
+    let Some(p) = record else {
+        return vec![
+            "overlay probe:     not run yet in this cache directory (the first build with a RUN step probes it)".into(),
+        ];
+    };
+    let when = crate::solver::rfc3339(p.checked);
+    p.drivers
+        .iter()
+        .map(|d| {
+            let label = format!("{} probe: ", d.driver);
+            if d.usable {
+                format!(
+                    "{label:<19}usable in this cache directory (kernel {}, {when})",
+                    p.kernel
+                )
+            } else {
+                format!(
+                    "{label:<19}not usable in this cache directory (kernel {}, {when}): {}",
+                    p.kernel, d.reason
+                )
+            }
+        })
+        .collect()
 }

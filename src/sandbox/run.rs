@@ -138,8 +138,7 @@ pub fn run(spec: &RunSpec<'_>, cancel: &Cancel, mut output: impl FnMut(&[u8])) -
     let prepared = Prepared::new(spec)?;
     // The step's init is re-parented to rbuild if its keeper dies first (cancellation),
     // so rbuild can reap it rather than leave a zombie.
-    // SAFETY: plain prctl call.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    nix::sys::prctl::set_child_subreaper(true).context("cannot become a subreaper")?;
     // SAFETY: rbuild runs no other threads while a step runs; the child only performs
     // the sandbox setup and exits or execs.
     let keeper = match unsafe { fork() }.context("cannot fork")? {
@@ -161,7 +160,7 @@ pub fn run(spec: &RunSpec<'_>, cancel: &Cancel, mut output: impl FnMut(&[u8])) -
     drop(out_w);
     drop(err_w);
     let result = pump(keeper, out_r, cancel, &mut output);
-    reap_orphans();
+    reap_orphans(keeper);
     let mut setup_error = String::new();
     let mut f = fs::File::from(err_r);
     let _ = f.read_to_string(&mut setup_error);
@@ -244,11 +243,12 @@ fn pump(
     }
 }
 
-/// Waits (briefly) for processes of the step re-parented to rbuild and reaps them.
-fn reap_orphans() {
+/// Waits (briefly) for processes of the step re-parented to rbuild (in the keeper's
+/// process group) and reaps them.
+fn reap_orphans(keeper: Pid) {
     for _ in 0..200 {
         match waitpid(
-            Pid::from_raw(-1),
+            Pid::from_raw(-keeper.as_raw()),
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
         ) {
             Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
@@ -302,8 +302,11 @@ impl Prepared {
 }
 
 fn keeper_main(spec: &RunSpec<'_>, p: &Prepared, out: RawFd, err: &OwnedFd) -> Result<i32> {
-    // SAFETY: plain prctl call: die with rbuild.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // Die with rbuild.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    // A process group of its own: what it leaves re-parented to rbuild is reaped by group,
+    // never rbuild's other children (fuse-overlayfs daemons).
+    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
     if spec.isolation == Isolation::Chroot {
         return chroot_main(spec, p, out, err);
     }

@@ -206,7 +206,7 @@ pub fn can_reflink(dir: &Path) -> io::Result<bool> {
 }
 
 /// Which snapshotter RUN steps use: how a step's root is prepared and its layer found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Snapshotter {
     /// The step changes the stage's root in place; the layer is the difference from a
     /// record of the tree taken before (inode, type, mode, owner, size, ctime). Nothing is
@@ -220,29 +220,32 @@ pub enum Snapshotter {
     /// The step's root is a kernel overlay of the store's unpacked layers with a fresh
     /// upper directory; the layer is read from the upper directory alone.
     Overlay,
-    /// Overlay where this kernel and cache directory allow it (probed), else walk.
+    /// As overlay, served by fuse-overlayfs (a program on PATH; needs `/dev/fuse`).
+    #[value(name = "fuse-overlayfs")]
+    FuseOverlayfs,
+    /// Overlay where this kernel and cache directory allow it (probed), else
+    /// fuse-overlayfs where that works, else walk.
     Auto,
 }
 
 impl Snapshotter {
-    /// Parses `auto`, `overlay`, `walk` or `copy`.
-    pub fn parse(name: &str) -> Result<Snapshotter> {
-        match name {
-            "auto" => Ok(Snapshotter::Auto),
-            "overlay" => Ok(Snapshotter::Overlay),
-            "walk" => Ok(Snapshotter::Walk),
-            "copy" => Ok(Snapshotter::Copy),
-            other => bail!("unknown snapshotter {other:?}: expected auto, overlay, walk or copy"),
-        }
-    }
-
-    /// The name `parse` takes.
+    /// The name `--snapshotter` takes.
     pub fn name(self) -> &'static str {
         match self {
             Snapshotter::Walk => "walk",
             Snapshotter::Copy => "copy",
             Snapshotter::Overlay => "overlay",
+            Snapshotter::FuseOverlayfs => "fuse-overlayfs",
             Snapshotter::Auto => "auto",
+        }
+    }
+
+    /// The overlay driver this snapshotter mounts with, if it is an overlay one.
+    pub fn driver(self) -> Option<super::overlay::Driver> {
+        match self {
+            Snapshotter::Overlay => Some(super::overlay::Driver::Kernel),
+            Snapshotter::FuseOverlayfs => Some(super::overlay::Driver::Fuse),
+            _ => None,
         }
     }
 }
@@ -359,14 +362,10 @@ mod tests {
 
     #[test]
     fn snapshotter_names() {
-        for s in [
-            Snapshotter::Walk,
-            Snapshotter::Copy,
-            Snapshotter::Overlay,
-            Snapshotter::Auto,
-        ] {
-            assert_eq!(Snapshotter::parse(s.name()).unwrap(), s);
+        use clap::ValueEnum;
+        for s in Snapshotter::value_variants() {
+            assert_eq!(Snapshotter::from_str(s.name(), false).unwrap(), *s);
         }
-        assert!(Snapshotter::parse("fuse").is_err());
+        assert!(Snapshotter::from_str("fuse", false).is_err());
     }
 }

@@ -5,6 +5,7 @@
 mod apply;
 pub mod clone;
 pub mod compression;
+pub mod fuse_overlay;
 mod layer;
 pub mod overlay;
 mod pgzip;

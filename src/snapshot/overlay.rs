@@ -1,13 +1,14 @@
-//! The kernel overlay snapshotter's parts: mounting a stack of snapshot directories (the
-//! store's unpacked layers) with a fresh upper directory, probing whether this kernel and
-//! filesystem allow it, and reading a step's layer from the upper directory alone.
+//! The overlay snapshotters' parts: mounting a stack of snapshot directories (the store's
+//! unpacked layers) with a fresh upper directory, by the kernel's overlayfs or by
+//! fuse-overlayfs ([`Driver`]), probing whether this kernel and filesystem allow it, and
+//! reading a step's layer from the upper directory alone.
 //!
 //! Mounts are made in the build process's own mount namespace (see
-//! [`private_mount_namespace`]), so they die with the process whatever ends it. Options
-//! always include `userxattr` (metadata under `user.overlay.*`, as an unprivileged user
-//! namespace needs; the same as real root, so one cache serves both) and never
-//! `redirect_dir` or `metacopy`. Every directory is passed as a short link in a directory
-//! of links that is the working directory during the mount call (`lowerdir=2:1:0`), so
+//! [`private_mount_namespace`]), so they die with the process whatever ends it. Kernel
+//! options always include `userxattr` (metadata under `user.overlay.*`, as an
+//! unprivileged user namespace needs; the same as real root, so one cache serves both)
+//! and never `redirect_dir` or `metacopy`. Every directory is passed as a short link in a
+//! directory of links that is the working directory of the mount (`lowerdir=2:1:0`), so
 //! the 500 layers overlay can stack fit the option size limit.
 
 use std::fs::{self, File};
@@ -17,8 +18,28 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use super::fuse_overlay;
 use super::walk::entry_of;
 use super::{LayerEntry, OPAQUE_MARKER, WHITEOUT_PREFIX};
+
+/// Which overlay implementation mounts a stack of snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// The kernel's overlayfs, with `userxattr`.
+    Kernel,
+    /// fuse-overlayfs, a program serving the mount from user space.
+    Fuse,
+}
+
+impl Driver {
+    /// The snapshotter's name (`--snapshotter`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Kernel => "overlay",
+            Driver::Fuse => fuse_overlay::PROGRAM,
+        }
+    }
+}
 
 /// The xattrs that mark a directory opaque in an upper directory, by writer.
 const OPAQUE_XATTRS: [&str; 3] = [
@@ -49,22 +70,26 @@ pub fn private_mount_namespace() -> Result<()> {
     .context("cannot make the build's mounts private")
 }
 
-/// An overlay mount at `target`, unmounted (lazily) on drop.
+/// An overlay mount at `target`, unmounted (lazily) on drop; a fuse-overlayfs daemon
+/// serving it is then waited for.
 #[derive(Debug)]
 pub struct Mounted {
     target: PathBuf,
+    daemon: Option<fuse_overlay::Daemon>,
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = umount2(&self.target, MntFlags::MNT_DETACH);
+        drop(self.daemon.take());
     }
 }
 
 /// Mounts `lowers` (top first; at least one) with `upper` and `work` (both None: a
-/// read-only view, which then needs two lowers or more) at `target`. `links` is an empty
-/// directory the short lower names are made in.
+/// read-only view, which then needs two lowers or more) at `target`, by `driver`. `links`
+/// is an empty directory the short lower names are made in.
 pub fn mount_overlay(
+    driver: Driver,
     lowers: &[PathBuf],
     upper_work: Option<(&Path, &Path)>,
     target: &Path,
@@ -87,8 +112,18 @@ pub fn mount_overlay(
         link(work, "w")?;
         opts.push_str(",upperdir=u,workdir=w");
     }
-    opts.push_str(",userxattr");
     let target_abs = std::path::absolute(target)?;
+    if driver == Driver::Fuse {
+        // No fsync: a snapshot never outlives the boot it was made in.
+        opts.push_str(",fsync=0");
+        let daemon = fuse_overlay::mount(&opts, &target_abs, links)
+            .with_context(|| format!("cannot mount a fuse-overlayfs of {} layers", lowers.len()))?;
+        return Ok(Mounted {
+            target: target_abs,
+            daemon: Some(daemon),
+        });
+    }
+    opts.push_str(",userxattr");
     // The relative names resolve against the working directory, for this call only (the
     // build has no other thread while it mounts).
     // O_PATH: a working directory that may be searched but not read is fine.
@@ -108,20 +143,31 @@ pub fn mount_overlay(
     );
     nix::unistd::fchdir(&back).context("cannot return to the working directory")?;
     mounted.with_context(|| format!("cannot mount an overlay of {} layers", lowers.len()))?;
-    Ok(Mounted { target: target_abs })
+    Ok(Mounted {
+        target: target_abs,
+        daemon: None,
+    })
 }
 
-/// Whether overlay works here, tried for real in `dir` (on the cache's filesystem): two
-/// lowers and an upper with `userxattr`, a lower file removed (a whiteout in upper) and a
-/// lower directory removed and made again (opaque). Err says why not.
-pub fn probe(dir: &Path) -> Result<()> {
-    let on_overlay = nix::sys::statfs::statfs(dir)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC);
-    if on_overlay {
-        bail!(
-            "the cache directory {} is on overlayfs, which cannot hold upper directories: use a cache directory on a plain filesystem (in Kubernetes, an emptyDir volume)",
-            dir.display()
-        );
+/// Whether `driver` works here, tried for real in `dir` (on the cache's filesystem): two
+/// lowers and an upper, a lower file removed (a whiteout in upper) and a lower directory
+/// removed and made again (opaque). Err says why not.
+pub fn probe(driver: Driver, dir: &Path) -> Result<()> {
+    match driver {
+        Driver::Kernel => {
+            let on_overlay = nix::sys::statfs::statfs(dir)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC);
+            if on_overlay {
+                bail!(
+                    "the cache directory {} is on overlayfs, which cannot hold upper directories: use a cache directory on a plain filesystem (in Kubernetes, an emptyDir volume)",
+                    dir.display()
+                );
+            }
+        }
+        Driver::Fuse => {
+            fuse_overlay::program()?;
+            fuse_overlay::device_usable()?;
+        }
     }
     let t = tempfile::Builder::new().prefix("probe-").tempdir_in(dir)?;
     let p = |n: &str| t.path().join(n);
@@ -133,6 +179,7 @@ pub fn probe(dir: &Path) -> Result<()> {
     fs::write(p("l2/h"), b"z")?;
     {
         let _m = mount_overlay(
+            driver,
             &[p("l2"), p("l1")],
             Some((&p("upper"), &p("work"))),
             &p("merged"),
@@ -145,9 +192,10 @@ pub fn probe(dir: &Path) -> Result<()> {
             bail!("the merged view is wrong");
         }
     }
-    let wh = fs::symlink_metadata(p("upper/f")).context("no whiteout in the upper directory")?;
-    if !(wh.file_type().is_char_device() && wh.rdev() == 0) {
-        bail!("the whiteout in the upper directory is not a 0/0 device");
+    // A 0/0 device, or (fuse-overlayfs where it cannot make one) a `.wh.` file.
+    let device = fs::symlink_metadata(p("upper/f")).is_ok_and(|m| whiteout_name("f", &m).is_some());
+    if !device && !p("upper/.wh.f").is_file() {
+        bail!("the removed file left no whiteout in the upper directory");
     }
     if !is_opaque(&p("upper/d")) {
         bail!("the re-made directory is not marked opaque");
@@ -158,33 +206,48 @@ pub fn probe(dir: &Path) -> Result<()> {
 /// The last probe of a cache directory (`<cache>/overlay-probe.json`), for `rbuild info`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProbeRecord {
-    /// Whether the kernel overlay worked.
-    pub usable: bool,
-    /// Why not (empty when it worked).
-    pub reason: String,
     /// The kernel it was tried on (`uname -r`).
     pub kernel: String,
     /// When, seconds since the epoch.
     pub checked: i64,
+    /// Each driver tried, in the order tried.
+    pub drivers: Vec<DriverProbe>,
+}
+
+/// How one driver fared in a probe.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DriverProbe {
+    /// The snapshotter's name ([`Driver::name`]).
+    pub driver: String,
+    /// Whether it worked.
+    pub usable: bool,
+    /// Why not (empty when it worked).
+    pub reason: String,
 }
 
 fn probe_path(cache: &Path) -> std::path::PathBuf {
     cache.join("overlay-probe.json")
 }
 
-/// Records a probe's outcome in the cache directory (best effort, replaced atomically).
-pub fn record_probe(cache: &Path, outcome: &Result<()>) {
+/// Records a probe's outcomes in the cache directory (best effort, replaced atomically).
+pub fn record_probe(cache: &Path, outcomes: &[(Driver, &Result<()>)]) {
     let rec = ProbeRecord {
-        usable: outcome.is_ok(),
-        reason: outcome
-            .as_ref()
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default(),
         kernel: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
         checked: crate::store::index::now(),
+        drivers: outcomes
+            .iter()
+            .map(|(d, outcome)| DriverProbe {
+                driver: d.name().to_string(),
+                usable: outcome.is_ok(),
+                reason: outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{e:#}"))
+                    .unwrap_or_default(),
+            })
+            .collect(),
     };
     let Ok(bytes) = serde_json::to_vec(&rec) else {
         return;
@@ -197,7 +260,8 @@ pub fn record_probe(cache: &Path, outcome: &Result<()>) {
     }
 }
 
-/// The last probe recorded in the cache directory, if any.
+/// The last probe recorded in the cache directory, if any (one of an older form reads as
+/// none).
 pub fn read_probe(cache: &Path) -> Option<ProbeRecord> {
     serde_json::from_slice(&fs::read(probe_path(cache)).ok()?).ok()
 }
@@ -221,14 +285,29 @@ fn whiteout_name(name: &str, meta: &fs::Metadata) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The layer entries of what a step changed, read from its `upper` directory alone.
-/// `lower` is a read-only view of the layers below, to leave out entries copied up
-/// without a change. `skip` says which paths are never part of a layer (mount points).
-pub fn diff_upper(
-    upper: &Path,
-    lower: &Path,
-    skip: &dyn Fn(&str) -> bool,
-) -> Result<Vec<LayerEntry>> {
+/// Where a step on an overlay root writes, and what is below it.
+#[derive(Debug, Clone)]
+pub struct StepDirs {
+    /// The upper directory the step's changes go to.
+    pub upper: PathBuf,
+    /// A read-only view of the layers below.
+    pub lower: PathBuf,
+    /// What mounts them.
+    pub driver: Driver,
+}
+
+/// The layer entries of what a step changed, read from its upper directory alone; the
+/// view of the layers below is read to leave out entries copied up without a change.
+/// `skip` says which paths are never part of a layer (mount points).
+///
+/// fuse-overlayfs, unlike the kernel, does not put back a directory's times after
+/// copying a child up into it: there a directory whose names are all the lower's (none
+/// new, none whited out) and whose metadata differs from the lower's in its times only
+/// is left out, as walk leaves it out. (A `touch` of such a directory and nothing else
+/// is lost under fuse-overlayfs.)
+pub fn diff_upper(dirs: &StepDirs, skip: &dyn Fn(&str) -> bool) -> Result<Vec<LayerEntry>> {
+    let (upper, lower) = (dirs.upper.as_path(), dirs.lower.as_path());
+    let loose_dir_times = dirs.driver == Driver::Fuse;
     let mut out = Vec::new();
     let mut it = walkdir::WalkDir::new(upper)
         .min_depth(1)
@@ -284,6 +363,14 @@ pub fn diff_upper(
         if !below_opaque && unchanged(&lower.join(&rel), e.path(), &meta) {
             continue;
         }
+        if !below_opaque
+            && loose_dir_times
+            && meta.is_dir()
+            && same_names(&lower.join(&rel), e.path())
+            && unchanged_but_times(&lower.join(&rel), e.path(), &meta)
+        {
+            continue;
+        }
         out.push(entry_of(&rel, e.path(), &meta)?);
     }
     Ok(out)
@@ -323,6 +410,34 @@ fn unchanged(lower: &Path, upper: &Path, um: &fs::Metadata) -> bool {
     // Same size, mode, owner and mtime can still hide new bytes (archives extracted with
     // fixed times): a regular file is left out only when its bytes are the lower's too.
     !um.is_file() || same_bytes(lower, upper).unwrap_or(false)
+}
+
+/// Whether an upper directory names nothing its lower one lacks and hides nothing of it.
+fn same_names(lower: &Path, upper: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(upper) else {
+        return false;
+    };
+    entries.into_iter().all(|e| {
+        let Ok(e) = e else {
+            return false;
+        };
+        let name = e.file_name();
+        let text = name.to_string_lossy();
+        if text == OPAQUE_MARKER || text.starts_with(WHITEOUT_PREFIX) {
+            return false;
+        }
+        let whiteout = e
+            .metadata()
+            .is_ok_and(|m| whiteout_name(&text, &m).is_some());
+        !whiteout && fs::symlink_metadata(lower.join(&name)).is_ok()
+    })
+}
+
+/// Whether a directory is its lower one but for its times.
+fn unchanged_but_times(lower: &Path, upper: &Path, um: &fs::Metadata) -> bool {
+    fs::symlink_metadata(lower).is_ok_and(|lm| {
+        lm.is_dir() && lm.mode() == um.mode() && lm.uid() == um.uid() && lm.gid() == um.gid()
+    }) && super::xattr::kept(lower) == super::xattr::kept(upper)
 }
 
 /// Whether two files hold the same bytes.
@@ -372,7 +487,12 @@ mod tests {
         let t = filetime::FileTime::from_unix_time(499_162_500, 0);
         filetime::set_file_mtime(lower.join("etc/fixed-time"), t).unwrap();
         filetime::set_file_mtime(upper.join("etc/fixed-time"), t).unwrap();
-        let entries = diff_upper(&upper, &lower, &|r| r == "proc").unwrap();
+        let dirs = StepDirs {
+            upper,
+            lower,
+            driver: Driver::Kernel,
+        };
+        let entries = diff_upper(&dirs, &|r| r == "proc").unwrap();
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"etc/fixed-time"), "{paths:?}");
         assert!(paths.contains(&"etc/new"), "{paths:?}");

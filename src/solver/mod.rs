@@ -489,7 +489,7 @@ fn run_step(
                 _ => None,
             };
             let differ = match &overlay_dirs {
-                Some((upper, lower)) => Differ::Upper { upper, lower },
+                Some(dirs) => Differ::Upper(dirs),
                 None => Differ::Walk,
             };
             let mut mount_from = Vec::new();

@@ -1,4 +1,4 @@
-//! A stage's root as a kernel overlay: the store's snapshots (one unpacked layer each,
+//! A stage's root as an overlay (the kernel's or fuse-overlayfs): the store's snapshots (one unpacked layer each,
 //! shared by every build on the same chain) as lower directories, and a fresh upper
 //! directory that a step's changes go to. A layer with no snapshot yet is unpacked once,
 //! through the mount (so it lands on its parent chain exactly as in a container), and its
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::image::Layer;
-use crate::snapshot::overlay::{mount_overlay, Mounted};
+use crate::snapshot::overlay::{mount_overlay, Driver, Mounted, StepDirs};
 use crate::snapshot::{apply_layer, compression::decompressing_reader, ApplyOptions};
 use crate::store::{remove_tree, FieldHasher, Store};
 
@@ -20,6 +20,9 @@ pub struct OverlayRoot {
     dir: tempfile::TempDir,
     /// The id mapping (host owners on disk depend on it): snapshots are kept apart by it.
     mapping: String,
+    /// What mounts the stack (snapshots are kept apart by it too: fuse-overlayfs may write
+    /// whiteouts the kernel does not read).
+    driver: Driver,
     /// Snapshot directories, bottom layer first.
     lowers: Vec<PathBuf>,
     merged: Option<Mounted>,
@@ -29,10 +32,11 @@ pub struct OverlayRoot {
 }
 
 /// The snapshot key of the filesystem made by `layers` (bottom first) on disk through the
-/// id `mapping` (its files carry host owners).
-pub fn snapshot_key(layers: &[Layer], mapping: &str) -> String {
-    let mut h = FieldHasher::new("rbuild-snapshot-v2");
+/// id `mapping` (its files carry host owners) by `driver`.
+pub fn snapshot_key(layers: &[Layer], mapping: &str, driver: Driver) -> String {
+    let mut h = FieldHasher::new("rbuild-snapshot-v3");
     h.str("mapping", mapping);
+    h.str("driver", driver.name());
     for l in layers {
         h.str("diff_id", &l.diff_id.to_string());
     }
@@ -41,7 +45,7 @@ pub fn snapshot_key(layers: &[Layer], mapping: &str) -> String {
 
 impl OverlayRoot {
     /// An empty root in the store's temp area.
-    pub fn new(store: &Store, mapping: &str) -> Result<OverlayRoot> {
+    pub fn new(store: &Store, mapping: &str, driver: Driver) -> Result<OverlayRoot> {
         let dir = store.temp_dir("overlay-")?;
         for d in ["merged", "view", "empty1", "empty2"] {
             std::fs::create_dir(dir.path().join(d))?;
@@ -49,6 +53,7 @@ impl OverlayRoot {
         Ok(OverlayRoot {
             dir,
             mapping: mapping.to_string(),
+            driver,
             lowers: Vec::new(),
             merged: None,
             view: None,
@@ -91,6 +96,7 @@ impl OverlayRoot {
             std::fs::create_dir_all(d)?;
         }
         self.merged = Some(mount_overlay(
+            self.driver,
             &self.stack(1),
             Some((&upper, &work)),
             &self.merged(),
@@ -117,7 +123,7 @@ impl OverlayRoot {
     /// merged tree with an empty upper directory.
     pub fn sync(&mut self, store: &Store, layers: &[Layer], applied: usize) -> Result<()> {
         for i in applied.min(layers.len())..layers.len() {
-            let key = snapshot_key(&layers[..=i], &self.mapping);
+            let key = snapshot_key(&layers[..=i], &self.mapping, self.driver);
             if let Some(dir) = store.snapshot(&key)? {
                 // The lowers change: the next mount starts on fresh directories.
                 self.next_generation();
@@ -165,22 +171,32 @@ impl OverlayRoot {
 
     /// For a step: the upper directory its changes go to, and a read-only view of the
     /// layers below (to tell a copy-up from a change).
-    pub fn step_dirs(&mut self) -> Result<(PathBuf, PathBuf)> {
+    pub fn step_dirs(&mut self) -> Result<StepDirs> {
         self.mount()?;
         if self.view.is_none() {
             let links = self.part("vlinks");
             remove_tree(&links);
             std::fs::create_dir_all(&links)?;
             let view = self.dir.path().join("view");
-            self.view = Some(mount_overlay(&self.stack(2), None, &view, &links)?);
+            self.view = Some(mount_overlay(
+                self.driver,
+                &self.stack(2),
+                None,
+                &view,
+                &links,
+            )?);
         }
-        Ok((self.upper(), self.dir.path().join("view")))
+        Ok(StepDirs {
+            upper: self.upper(),
+            lower: self.dir.path().join("view"),
+            driver: self.driver,
+        })
     }
 
     /// After a step whose layer is the last of `layers`: its upper directory becomes that
     /// layer's snapshot.
     pub fn commit_step(&mut self, store: &Store, layers: &[Layer]) -> Result<()> {
-        let key = snapshot_key(layers, &self.mapping);
+        let key = snapshot_key(layers, &self.mapping, self.driver);
         self.commit(store, &key)
     }
 

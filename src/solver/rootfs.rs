@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::image::Layer;
+use crate::snapshot::overlay::{Driver, StepDirs};
 use crate::snapshot::{apply_layer, compression::decompressing_reader, ApplyOptions};
 use crate::store::Store;
 
@@ -31,7 +32,7 @@ pub struct Rootfs {
 enum Tree {
     /// Every layer applied into one directory (the walk and copy snapshotters).
     Dir(tempfile::TempDir, PathBuf),
-    /// A kernel overlay of the store's snapshots (the overlay snapshotter).
+    /// An overlay of the store's snapshots (the overlay snapshotters).
     Overlay(Box<OverlayRoot>, PathBuf),
 }
 
@@ -45,6 +46,8 @@ pub enum RootKind<'a> {
         /// The build's id mapping (`/proc/self/uid_map` and `gid_map`): snapshots made
         /// through another mapping hold other host owners and are kept apart.
         mapping: &'a str,
+        /// What mounts it.
+        driver: Driver,
     },
 }
 
@@ -58,8 +61,8 @@ impl Rootfs {
                 let path = dir.path().to_path_buf();
                 Tree::Dir(dir, path)
             }
-            RootKind::Overlay { mapping } => {
-                let o = OverlayRoot::new(store, mapping)?;
+            RootKind::Overlay { mapping, driver } => {
+                let o = OverlayRoot::new(store, mapping, driver)?;
                 let path = o.merged();
                 Tree::Overlay(Box::new(o), path)
             }
@@ -80,7 +83,7 @@ impl Rootfs {
 
     /// For a RUN on an overlay root: the upper directory the step's changes go to and a
     /// view of the layers below; None for a directory root.
-    pub fn step_dirs(&mut self) -> Result<Option<(PathBuf, PathBuf)>> {
+    pub fn step_dirs(&mut self) -> Result<Option<StepDirs>> {
         match &mut self.tree {
             Tree::Dir(..) => Ok(None),
             Tree::Overlay(o, _) => o.step_dirs().map(Some),

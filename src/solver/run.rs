@@ -41,11 +41,12 @@ pub struct RunEnvironment {
 impl RunEnvironment {
     /// How stage roots are kept for this snapshotter.
     pub fn root_kind(&self) -> RootKind<'_> {
-        match self.snapshotter {
-            Snapshotter::Overlay => RootKind::Overlay {
+        match self.snapshotter.driver() {
+            Some(driver) => RootKind::Overlay {
                 mapping: &self.mapping,
+                driver,
             },
-            _ => RootKind::Dir,
+            None => RootKind::Dir,
         }
     }
 }
@@ -69,12 +70,7 @@ pub enum Differ<'a> {
     /// Record the tree before the step, compare after (walk and copy snapshotters).
     Walk,
     /// Read the overlay's upper directory, with a view of the layers below.
-    Upper {
-        /// Where the step's changes went.
-        upper: &'a Path,
-        /// The layers below, read-only.
-        lower: &'a Path,
-    },
+    Upper(&'a crate::snapshot::overlay::StepDirs),
 }
 
 /// Runs `step` on `root` with the stage's `config`; `log` receives output lines. Returns
@@ -135,7 +131,7 @@ pub fn run_command(
     // The wait for the clock to pass the record happens in the step, before its command.
     let record = match differ {
         Differ::Walk => Some(TreeState::capture(root)?),
-        Differ::Upper { .. } => None,
+        Differ::Upper(_) => None,
     };
     ensure_workdir(root, &cwd)?;
     // Where the image's /etc/NAME really is (resolv.conf is often a symlink); never over a
@@ -230,8 +226,8 @@ pub fn run_command(
     }
     match (record, differ) {
         (Some((before, _)), _) => before.diff(root),
-        (None, Differ::Upper { upper, lower }) => {
-            crate::snapshot::overlay::diff_upper(upper, lower, &crate::snapshot::walk::skipped)
+        (None, Differ::Upper(dirs)) => {
+            crate::snapshot::overlay::diff_upper(dirs, &crate::snapshot::walk::skipped)
         }
         (None, Differ::Walk) => unreachable!("the walk differ always records"),
     }

@@ -18,3 +18,4 @@ pub mod snapshot;
 pub mod solver;
 pub mod source;
 pub mod store;
+pub mod xattrs;

@@ -935,15 +935,7 @@ fn every_snapshotter_makes_the_same_layers_as_walk() {
             .iter()
             .map(|snapshotter| {
                 let b = prepared(test, name).expect("the busybox base (checked above)");
-                let mut extra: Vec<String> = vec!["--snapshotter".into(), snapshotter.to_string()];
-                extra.extend(b.output_args());
-                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-                let mut cmd = b.build_cmd(&args(&extra));
-                cmd.env("SOURCE_DATE_EPOCH", "1700000000");
-                let built = b.run_built(&mut cmd);
-                built
-                    .ran
-                    .assert_ok(&format!("{name} with --snapshotter={snapshotter}"));
+                let built = built_with(&b, snapshotter, &[]);
                 assert!(b.leftover_temp_files().is_empty(), "temp files left");
                 // Per layer, what it adds or changes (whiteouts aside), and the final tree.
                 let added: Vec<Vec<String>> = built
@@ -1047,6 +1039,13 @@ fn build_with(
     extra: &[&str],
 ) -> (String, common::tree::FsTree) {
     std::fs::write(&b.dockerfile, dockerfile).unwrap();
+    let built = built_with(b, snapshotter, extra);
+    (built.image().manifest_digest, built.fs())
+}
+
+/// A build of `b`'s Dockerfile with `snapshotter` under SOURCE_DATE_EPOCH, checked to
+/// have succeeded.
+fn built_with(b: &Build, snapshotter: &str, extra: &[&str]) -> common::build::Built {
     let mut all: Vec<String> = vec!["--snapshotter".into(), snapshotter.into()];
     all.extend(extra.iter().map(|s| s.to_string()));
     all.extend(b.output_args());
@@ -1057,7 +1056,7 @@ fn build_with(
     built
         .ran
         .assert_ok(&format!("build with --snapshotter={snapshotter}"));
-    (built.image().manifest_digest, built.fs())
+    built
 }
 
 #[test]
@@ -1117,6 +1116,63 @@ fn overlay_stacks_200_layers_and_starts_from_a_cache_hit() {
         "mounts left: {:?}",
         mounts_under(&b.cache)
     );
+}
+
+/// A tar holding `capfile`, an executable with file capabilities (cap_net_bind_service,
+/// effective: a v2 `security.capability` value).
+fn tar_with_capabilities() -> (Vec<u8>, Vec<u8>) {
+    let mut cap = Vec::new();
+    cap.extend_from_slice(&0x0200_0001u32.to_le_bytes()); // revision 2, effective
+    cap.extend_from_slice(&(1u32 << 10).to_le_bytes()); // permitted: CAP_NET_BIND_SERVICE
+    cap.extend_from_slice(&[0u8; 12]); // inheritable, and the upper 32 bits
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_pax_extensions([("SCHILY.xattr.security.capability", cap.as_slice())])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_size(2);
+    h.set_mode(0o755);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_600_000_000);
+    h.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut h, "capfile", &b"x\n"[..]).unwrap();
+    (builder.into_inner().unwrap(), cap)
+}
+
+#[test]
+fn file_capabilities_survive_every_snapshotter() {
+    let test = "file_capabilities_survive_every_snapshotter";
+    if busybox(test).is_none() {
+        return;
+    }
+    let (tar, cap) = tar_with_capabilities();
+    let dockerfile = "FROM busybox\nADD caps.tar /\nRUN chmod 0750 /capfile && echo y > /other\n";
+    let mut digests = Vec::new();
+    for snapshotter in all_snapshotters(test) {
+        let b = prepared(test, "forms").unwrap();
+        std::fs::write(b.ctx.join("caps.tar"), &tar).unwrap();
+        std::fs::write(&b.dockerfile, dockerfile).unwrap();
+        let built = built_with(&b, snapshotter, &[]);
+        let digest = built.image().manifest_digest;
+        let built_layers = built.layer_entries();
+        // The ADD layer, then the RUN layer that copied the file up and changed its mode.
+        for (i, layer) in built_layers.iter().rev().take(2).enumerate() {
+            let item = layer
+                .iter()
+                .find(|e| e.path == "capfile")
+                .unwrap_or_else(|| panic!("{snapshotter}: no capfile in layer -{i}"));
+            assert_eq!(
+                item.xattrs,
+                vec![("security.capability".to_string(), cap.clone())],
+                "{snapshotter}: layer -{i} lost or changed the file's capabilities"
+            );
+        }
+        digests.push((snapshotter, digest));
+    }
+    for (s, d) in &digests[1..] {
+        assert_eq!(*d, digests[0].1, "{s} made another image than walk");
+    }
 }
 
 #[test]

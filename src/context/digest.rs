@@ -66,7 +66,7 @@ impl BuildContext {
     }
 }
 
-/// Adds one entry: its path, kind, mode and what it holds.
+/// Adds one entry: its path, kind, mode, what it holds and the xattrs a layer keeps.
 fn entry(
     h: &mut FieldHasher,
     rel: &str,
@@ -91,6 +91,14 @@ fn entry(
         h.str("kind", "fifo");
     } else {
         h.str("kind", "other").u64("rdev", meta.rdev());
+    }
+    if !ft.is_symlink() {
+        // COPY keeps them, so they are part of what a source holds.
+        let xattrs = crate::xattrs::kept(host);
+        h.u64("xattrs", xattrs.len() as u64);
+        for (name, value) in &xattrs {
+            h.str("xattr", name).bytes("value", value);
+        }
     }
     Ok(())
 }
@@ -179,7 +187,11 @@ mod tests {
         assert_ne!(changed, first);
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(t.path().join("d/a"), fs::Permissions::from_mode(0o600)).unwrap();
-        assert_ne!(digest(&ctx, &["d"]), changed);
+        let chmodded = digest(&ctx, &["d"]);
+        assert_ne!(chmodded, changed);
+        // COPY keeps user.* xattrs, so they count; the filesystems here support them.
+        xattr::set(t.path().join("d/a"), "user.note", b"1").unwrap();
+        assert_ne!(digest(&ctx, &["d"]), chmodded, "an xattr did not count");
         // The same file named two ways is two selections.
         fs::write(t.path().join("b"), "x").unwrap();
         assert_ne!(digest(&ctx, &["d", "b"]), digest(&ctx, &["b", "d"]));

@@ -348,7 +348,7 @@ impl Applier<'_> {
             let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
                 continue;
             };
-            super::xattr::set(host, name, ext.value_bytes())?;
+            crate::xattrs::set(host, name, ext.value_bytes())?;
         }
         Ok(())
     }

@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use filetime::FileTime;
 
-use super::xattr;
-
 /// What a copy did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CopyStats {
@@ -182,8 +180,8 @@ impl Copier {
         }
         if !is_link {
             fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            for (name, value) in xattr::kept(from) {
-                xattr::set(to, &name, &value)?;
+            for (name, value) in crate::xattrs::kept(from) {
+                crate::xattrs::set(to, &name, &value)?;
             }
         }
         filetime::set_symlink_file_times(
@@ -286,7 +284,7 @@ mod tests {
                 m.mode(),
                 m.uid(),
                 m.gid(),
-                xattr::kept(e.path()),
+                crate::xattrs::kept(e.path()),
             ));
         }
         out
@@ -309,7 +307,7 @@ mod tests {
             nix::sys::stat::Mode::from_bits_truncate(0o640),
         )
         .unwrap();
-        xattr::set(&src.join("etc/passwd"), "user.note", b"kept").unwrap();
+        crate::xattrs::set(&src.join("etc/passwd"), "user.note", b"kept").unwrap();
         for (path, secs) in [
             ("etc/passwd", 1_000_000),
             ("etc", 2_000_000),

@@ -11,7 +11,6 @@ pub mod overlay;
 mod pgzip;
 pub mod tar_writer;
 pub mod walk;
-mod xattr;
 
 use std::path::{Path, PathBuf};
 

@@ -404,7 +404,7 @@ fn unchanged(lower: &Path, upper: &Path, um: &fs::Metadata) -> bool {
     if um.file_type().is_symlink() {
         return fs::read_link(lower).ok() == fs::read_link(upper).ok();
     }
-    if super::xattr::kept(lower) != super::xattr::kept(upper) {
+    if crate::xattrs::kept(lower) != crate::xattrs::kept(upper) {
         return false;
     }
     // Same size, mode, owner and mtime can still hide new bytes (archives extracted with
@@ -437,7 +437,7 @@ fn same_names(lower: &Path, upper: &Path) -> bool {
 fn unchanged_but_times(lower: &Path, upper: &Path, um: &fs::Metadata) -> bool {
     fs::symlink_metadata(lower).is_ok_and(|lm| {
         lm.is_dir() && lm.mode() == um.mode() && lm.uid() == um.uid() && lm.gid() == um.gid()
-    }) && super::xattr::kept(lower) == super::xattr::kept(upper)
+    }) && crate::xattrs::kept(lower) == crate::xattrs::kept(upper)
 }
 
 /// Whether two files hold the same bytes.

@@ -200,7 +200,7 @@ pub(crate) fn entry_of(rel: &str, host: &Path, m: &fs::Metadata) -> Result<Layer
         xattrs: if ft.is_symlink() {
             Vec::new()
         } else {
-            super::xattr::kept(host)
+            crate::xattrs::kept(host)
         },
     })
 }

@@ -298,7 +298,12 @@ fn entry_from_disk(
         uid,
         gid,
         mtime: clamp(meta.mtime(), inp.epoch),
-        xattrs: Vec::new(),
+        // As BuildKit copies them: file capabilities and user attributes.
+        xattrs: if ft.is_symlink() {
+            Vec::new()
+        } else {
+            crate::xattrs::kept(host)
+        },
     }))
 }
 

@@ -374,6 +374,8 @@ pub struct TarItem {
     pub uid: u64,
     /// Owner gid.
     pub gid: u64,
+    /// Extended attributes (PAX `SCHILY.xattr.NAME` records).
+    pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
 /// The entries of a tar stream (plain or gzip), whiteouts included.
@@ -382,18 +384,31 @@ pub fn tar_items(blob: &[u8]) -> Result<Vec<TarItem>, String> {
     let mut archive = tar::Archive::new(&data[..]);
     let mut out = Vec::new();
     for entry in archive.entries().map_err(|e| format!("not a tar: {e}"))? {
-        let entry = entry.map_err(|e| format!("bad tar entry: {e}"))?;
+        let mut entry = entry.map_err(|e| format!("bad tar entry: {e}"))?;
         let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let path = path
             .trim_start_matches("./")
             .trim_end_matches('/')
             .to_string();
+        let mut xattrs = Vec::new();
+        if let Some(exts) = entry
+            .pax_extensions()
+            .map_err(|e| format!("bad pax: {e}"))?
+        {
+            for ext in exts {
+                let ext = ext.map_err(|e| format!("bad pax record: {e}"))?;
+                if let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
+                    xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
         let h = entry.header();
         out.push(TarItem {
             path,
             kind: h.entry_type(),
             uid: h.uid().map_err(|e| format!("bad uid: {e}"))?,
             gid: h.gid().map_err(|e| format!("bad gid: {e}"))?,
+            xattrs,
         });
     }
     Ok(out)

@@ -34,6 +34,15 @@
 #              incremental (one context file of the last COPY changed). Targets: warm <=
 #              0.2x buildah and <= 1.0x BuildKit and <= 5% of rbuild's own cold; incremental
 #              <= 0.3x buildah and <= 1.0x BuildKit.
+#   diff       a step that changes one file on a ~1 GiB / 50,000-file base (FROM scratch +
+#              ADD busybox rootfs.tar + ADD of scripts/bench/gen-tree-tar.py's tar, kept as
+#              the image diffbase:1 in each store, untimed), rootless as in `run`: for each
+#              snapshotter (overlay, fuse-overlayfs when /dev/fuse is usable, walk), a warm
+#              store and --no-cache: `FROM diffbase:1` + one RUN appending to one file
+#              (wall), and the same + 10 more such RUNs: ms per step = the difference / 10
+#              (sandbox start, the diff and the layer together), beside buildah bud
+#              --isolation chroot --storage-driver overlay on the same Dockerfiles (base
+#              committed once as localhost/diffbase). Target: ms per step <= 100 on overlay.
 #   gc         one build of GC_LAYERS (default 50) RUN steps writing GC_LAYER_MB (default
 #              100) MB of random bytes each (5 GB of step records, untimed), then
 #              `rbuild prune --max-used-space 1GB`, timed. Target: <= 5 s.
@@ -68,7 +77,7 @@ WORK=$ROOT/_work/bench
 REPS=${REPS:-3}
 SETTLE=${SETTLE:-0}
 TIME=/usr/bin/time
-BENCHES=(copy-many pull run cache gc)
+BENCHES=(copy-many pull run cache diff gc)
 
 log() { echo "bench: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -593,6 +602,113 @@ PY
     echo
     echo "Full medians (CPU, RSS, output and store sizes): ${bw#"$ROOT"/}/results/matrix-$id.md"
     echo
+}
+
+bench_diff() {
+    local B=$WORK/diff rootfs=$ROOT/testdata/generated/busybox/rootfs.tar n=10 i s res
+    mkdir -p "$B/logs" || return 1
+    [ -f "$rootfs" ] || RBUILD=$RBUILD "$HERE/make-busybox-base.sh" >&2 || return 1
+    local T
+    T=$(mktemp -d /tmp/rbuild-bench-diff.XXXXXX) || return 1
+    RUN_TMP=$T
+    chmod 0755 "$T"
+    local -a RUN_AS=()
+    local RUN_WHO
+    setup_run_user "$T" || return 1
+    mkdir -p "$T/context" && cp "$rootfs" "$T/context/rootfs.tar" && cp "$RBUILD" "$T/rbuild" || return 1
+    log "diff: generating the 50,000-file tree"
+    /usr/bin/python3 "$HERE/bench/gen-tree-tar.py" "$T/context/tree.tar" || return 1
+    printf 'FROM scratch\nADD rootfs.tar /\nADD tree.tar /data/\n' >"$T/Dockerfile.base"
+    printf 'FROM %s\nRUN echo x >> /data/d0/f0\n' diffbase:1 >"$T/Dockerfile.one"
+    printf 'FROM %s\nRUN echo x >> /data/d0/f0\n' localhost/diffbase >"$T/Dockerfile.bh-one"
+    cp "$T/Dockerfile.one" "$T/Dockerfile.many"
+    cp "$T/Dockerfile.bh-one" "$T/Dockerfile.bh-many"
+    for i in $(seq 1 "$n"); do
+        echo "RUN echo x >> /data/d$i/f$i" | tee -a "$T/Dockerfile.many" >>"$T/Dockerfile.bh-many"
+    done
+    if [ "$(id -u)" = 0 ]; then chown -R --reference="$T" "$T" || return 1; fi
+    cp "$T"/Dockerfile.* "$B/"
+    local snaps="overlay walk"
+    if "${RUN_AS[@]}" test -r /dev/fuse -a -w /dev/fuse && command -v fuse-overlayfs >/dev/null; then
+        snaps="overlay fuse-overlayfs walk"
+    else
+        log "diff: fuse-overlayfs left out: not installed, or /dev/fuse not usable by the build user"
+    fi
+    echo "### diff: one changed file on a 1 GiB / 50,000-file base, rootless, warm store, --no-cache; $REPS runs"
+    echo
+    echo "| snapshotter | wall s, 1 RUN, median | ms per RUN step, median | target | all runs (wall s / ms) |"
+    echo "|---|---:|---:|---|---|"
+    local failed=0
+    for s in $snaps; do
+        local C=$T/cache-$s rb=(--snapshotter "$s" --cache-dir "$T/cache-$s" --progress plain)
+        local -a one=() many=() ms=() w1=() m1=() c1=() w2=() m2=() c2=() f1 f2
+        timed res -- "${RUN_AS[@]}" "$T/rbuild" build "${rb[@]}" -f "$T/Dockerfile.base" \
+            -o type=image,name=diffbase:1 "$T/context" >"$B/logs/$s-base.log" 2>&1
+        if [ "$res" = FAIL ]; then
+            log "diff: the base build failed with $s (${B#"$ROOT"/}/logs/$s-base.log)"
+            echo "| $s | FAIL | | | |"
+            failed=1
+            continue
+        fi
+        # The first step on the base unpacks its snapshots (overlay): untimed.
+        "${RUN_AS[@]}" "$T/rbuild" build "${rb[@]}" --no-cache -f "$T/Dockerfile.one" "$T/context" \
+            >"$B/logs/$s-first.log" 2>&1 || failed=1
+        for i in $(seq 1 "$REPS"); do
+            timed res -- "${RUN_AS[@]}" "$T/rbuild" build "${rb[@]}" --no-cache -f "$T/Dockerfile.one" \
+                "$T/context" >"$B/logs/$s-one-$i.log" 2>&1
+            one+=("$res")
+            timed res -- "${RUN_AS[@]}" "$T/rbuild" build "${rb[@]}" --no-cache -f "$T/Dockerfile.many" \
+                "$T/context" >"$B/logs/$s-many-$i.log" 2>&1
+            many+=("$res")
+        done
+        step_ms one many ms "$n"
+        split_results one w1 m1 c1 f1
+        split_results many w2 m2 c2 f2
+        local mr target=''
+        mr=$(median "${ms[@]}")
+        if [ "$s" = overlay ]; then
+            if le "$mr" 100; then target="<= 100 ms: met"; else target="<= 100 ms: NOT met"; fi
+        fi
+        echo "| $s | $(median "${w1[@]}") | $mr | $target | $(all_runs "${w1[@]}" "$f1") / ${ms[*]:--} |"
+        wipe "$C"
+    done
+    # buildah, overlay storage, same user
+    local -a BH=(buildah --root "$T/buildah/root" --runroot "$T/buildah/run" --storage-driver overlay)
+    local nab=''
+    if ! ensure_cmd buildah buildah; then
+        nab="buildah is not installed"
+    elif ! "${RUN_AS[@]}" "${BH[@]}" bud --isolation chroot -t diffbase -f "$T/Dockerfile.base" "$T/context" \
+        >"$B/logs/buildah-base.log" 2>&1; then
+        nab="buildah fails here: $(bh_fail "$B/logs/buildah-base.log")"
+    fi
+    if [ -z "$nab" ]; then
+        local -a one=() many=() ms=() w1=() m1=() c1=() w2=() m2=() c2=() f1 f2
+        "${RUN_AS[@]}" "${BH[@]}" bud --isolation chroot -f "$T/Dockerfile.bh-one" "$T/context" \
+            >"$B/logs/buildah-first.log" 2>&1 || true
+        for i in $(seq 1 "$REPS"); do
+            timed res -- "${RUN_AS[@]}" "${BH[@]}" bud --isolation chroot -f "$T/Dockerfile.bh-one" \
+                "$T/context" >"$B/logs/buildah-one-$i.log" 2>&1
+            one+=("$res")
+            timed res -- "${RUN_AS[@]}" "${BH[@]}" bud --isolation chroot -f "$T/Dockerfile.bh-many" \
+                "$T/context" >"$B/logs/buildah-many-$i.log" 2>&1
+            many+=("$res")
+        done
+        step_ms one many ms "$n"
+        split_results one w1 m1 c1 f1
+        echo "| buildah bud (overlay storage) | $(median "${w1[@]}") | $(median "${ms[@]}") | | $(all_runs "${w1[@]}" "$f1") / ${ms[*]:--} |"
+    else
+        echo "| buildah bud (overlay storage) | n/a | n/a | | $nab |"
+    fi
+    "${RUN_AS[@]}" "${BH[@]}" rm -a >/dev/null 2>&1 || true
+    "${RUN_AS[@]}" buildah unshare rm -rf "$T/buildah" >/dev/null 2>&1 || true
+    echo
+    echo "ms per RUN step = (wall of FROM diffbase + 11 RUNs - wall of FROM diffbase + 1 RUN) / 10: the"
+    echo "sandbox, the step, reading its changes and writing its layer. Each build has --no-cache and"
+    echo "no output (buildah: bud without --layers, committed to its store). Run as $RUN_WHO."
+    echo
+    rm -rf "$T"
+    RUN_TMP=
+    return "$failed"
 }
 
 bench_gc() {

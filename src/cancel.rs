@@ -2,14 +2,15 @@
 //! stops promptly and still cleans up (kills the running step, unmounts, removes its
 //! temporary directories).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{bail, Result};
 
-static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// The signal that asked the build to stop (0: none yet).
+static REQUESTED: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(_sig: libc::c_int) {
-    REQUESTED.store(true, Ordering::SeqCst);
+extern "C" fn on_signal(sig: libc::c_int) {
+    REQUESTED.store(sig, Ordering::SeqCst);
 }
 
 /// The cancellation flag, as something to pass around.
@@ -33,7 +34,15 @@ impl Cancel {
 
     /// True once a signal asked the build to stop.
     pub fn requested(&self) -> bool {
-        REQUESTED.load(Ordering::SeqCst)
+        self.signal().is_some()
+    }
+
+    /// The signal that asked the build to stop, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        match REQUESTED.load(Ordering::SeqCst) {
+            0 => None,
+            sig => Some(sig),
+        }
     }
 
     /// Fails with "cancelled" once a signal asked the build to stop.

@@ -14,7 +14,7 @@ use crate::dockerfile::{self, ast::Dockerfile};
 use crate::export::{export, Destination, ExportRequest, ExportTargets, OutputKind};
 use crate::image::reference::Reference;
 use crate::plan::{LineError, Plan, PlanOptions, Platform};
-use crate::progress::{Mode, Progress};
+use crate::progress::{printable, Mode, Progress};
 use crate::sandbox::seccomp::Filter;
 use crate::snapshot::clone::Snapshotter;
 use crate::solver::cache::CacheOptions;
@@ -192,12 +192,15 @@ pub fn main_with_args(mut argv: Vec<OsString>) -> i32 {
     match run(&args) {
         Ok(()) => EXIT_OK,
         Err(Failure::Usage(e)) => {
-            eprintln!("error: {e:#}");
+            print_error(&e);
             EXIT_USAGE
         }
         Err(Failure::Build(e, file, source)) => {
             print_build_error(&e, &file, source.as_deref());
-            EXIT_BUILD_FAILED
+            // Ended by a signal: the shell's code for it (130 for SIGINT, 143 for SIGTERM).
+            crate::cancel::Cancel
+                .signal()
+                .map_or(EXIT_BUILD_FAILED, |sig| 128 + sig)
         }
     }
 }
@@ -213,16 +216,27 @@ fn usage(e: anyhow::Error) -> Failure {
     Failure::Usage(e)
 }
 
+/// Prints `error: ` and the error chain, control characters escaped (messages quote
+/// input).
+pub fn print_error(e: &anyhow::Error) {
+    eprintln!("error: {}", printable(&format!("{e:#}")));
+}
+
 fn print_build_error(e: &anyhow::Error, file: &str, source: Option<&[u8]>) {
     if let Some(le) = e.downcast_ref::<LineError>() {
-        eprintln!("error: {file}:{}: {}", le.line, le.message);
+        eprintln!(
+            "error: {}:{}: {}",
+            printable(file),
+            le.line,
+            printable(&le.message)
+        );
         if let Some(text) = source.and_then(|s| std::str::from_utf8(s).ok()) {
             if let Some(l) = text.lines().nth(le.line.saturating_sub(1)) {
-                eprintln!("  {:>4} | {l}", le.line);
+                eprintln!("  {:>4} | {}", le.line, printable(l));
             }
         }
     } else {
-        eprintln!("error: {e:#}");
+        print_error(e);
     }
 }
 
@@ -331,6 +345,7 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
                 out.insert(k.to_string(), v.to_string());
             }
             Some(_) => bail!("invalid --build-arg {a:?}: empty name"),
+            None if a.is_empty() => bail!("invalid --build-arg \"\": empty name"),
             None => {
                 if let Ok(v) = std::env::var(a) {
                     out.insert(a.clone(), v);
@@ -573,6 +588,23 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     if stdout_outputs > 1 || (stdout_outputs == 1 && args.quiet) {
         return Err(usage(anyhow!(
             "only one output can go to stdout, and not with -q"
+        )));
+    }
+    let paths: Vec<&PathBuf> = outputs
+        .iter()
+        .filter_map(|o| match &o.dest {
+            Destination::Path(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    if let Some(twice) = paths
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| paths[..i].contains(p).then_some(p))
+    {
+        return Err(usage(anyhow!(
+            "two outputs write to {}: give each its own dest",
+            twice.display()
         )));
     }
     if stdout_outputs == 1 && std::io::stdout().is_terminal() {
@@ -839,7 +871,7 @@ fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String,
             [m] if m.kind == crate::context::EntryKind::File => m.host_path.clone(),
             _ => bail!("{name} in the context on stdin is not a regular file"),
         };
-        let bytes = std::fs::read(&path)
+        let bytes = read_dockerfile(std::fs::File::open(&path), &name)
             .with_context(|| format!("cannot read {name} from the context on stdin"))?;
         return Ok((ctx, name, bytes));
     }
@@ -849,9 +881,7 @@ fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String,
     }
     match args.file.as_deref() {
         Some("-") => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
+            let bytes = read_dockerfile(Ok(std::io::stdin().lock()), "the Dockerfile on stdin")
                 .context("cannot read the Dockerfile from stdin")?;
             Ok((
                 BuildContext::from_dir(dir, None)?,
@@ -864,12 +894,24 @@ fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String,
                 Some(f) => PathBuf::from(f),
                 None => dir.join("Dockerfile"),
             };
-            let bytes = std::fs::read(&path)
+            let bytes = read_dockerfile(std::fs::File::open(&path), &path.display().to_string())
                 .with_context(|| format!("cannot read Dockerfile {}", path.display()))?;
             let name = file.unwrap_or("Dockerfile").to_string();
             Ok((BuildContext::from_dir(dir, Some(&path))?, name, bytes))
         }
     }
+}
+
+/// Reads a Dockerfile, refusing one larger than the parser takes (`-f /dev/zero` must not
+/// fill memory).
+fn read_dockerfile(opened: std::io::Result<impl Read>, name: &str) -> Result<Vec<u8>> {
+    let limit = crate::dockerfile::MAX_FILE;
+    let mut bytes = Vec::new();
+    opened?.take(limit as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > limit {
+        bail!("{name} is larger than {} MiB", limit >> 20);
+    }
+    Ok(bytes)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -929,5 +971,6 @@ mod tests {
         assert_eq!(a.get("X").map(String::as_str), Some("1"));
         assert!(!a.contains_key("UNSET_RBUILD_ARG"));
         assert!(parse_build_args(&["=x".into()]).is_err());
+        assert!(parse_build_args(&["".into()]).is_err());
     }
 }

@@ -67,9 +67,9 @@ impl Progress {
             id
         };
         match self.mode {
-            Mode::Plain => eprintln!("#{id} {title}"),
+            Mode::Plain => eprintln!("#{id} {}", printable(&title)),
             Mode::Tty => {
-                eprint!("\r\x1b[K => {title}");
+                eprint!("\r\x1b[K => {}", printable(&title));
                 let _ = std::io::stderr().flush();
             }
             Mode::Quiet => {}
@@ -96,8 +96,8 @@ impl Progress {
         match self.mode {
             Mode::Plain if cached => eprintln!("#{} CACHED", step.id),
             Mode::Plain => eprintln!("#{} DONE {took:.1}s", step.id),
-            Mode::Tty if cached => eprintln!("\r\x1b[K => CACHED {}", step.title),
-            Mode::Tty => eprintln!("\r\x1b[K => {} {took:.1}s", step.title),
+            Mode::Tty if cached => eprintln!("\r\x1b[K => CACHED {}", printable(&step.title)),
+            Mode::Tty => eprintln!("\r\x1b[K => {} {took:.1}s", printable(&step.title)),
             Mode::Quiet => {}
         }
     }
@@ -110,7 +110,7 @@ impl Progress {
                 step.id,
                 secs(step.started.elapsed())
             ),
-            Mode::Tty => eprintln!("\r\x1b[K => ERROR {}", step.title),
+            Mode::Tty => eprintln!("\r\x1b[K => ERROR {}", printable(&step.title)),
             Mode::Quiet => {}
         }
     }
@@ -118,7 +118,7 @@ impl Progress {
     /// A note outside any step (warnings, the final summary).
     pub fn note(&self, text: &str) {
         if self.mode != Mode::Quiet {
-            eprintln!("{text}");
+            eprintln!("{}", printable(text));
         }
     }
 
@@ -126,6 +126,30 @@ impl Progress {
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
+}
+
+/// `text` with its control characters escaped (`\x1b`, `\u{9b}`; newlines and tabs
+/// kept), for every message that can quote input: a Dockerfile line or a tar header must
+/// not drive the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn secs(d: Duration) -> f64 {
@@ -143,6 +167,12 @@ mod tests {
         assert_eq!(Mode::parse("tty"), Some(Mode::Tty));
         assert!(Mode::parse("auto").is_some());
         assert_eq!(Mode::parse("fancy"), None);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(printable("a\x1b[2Jb\r\u{9b}"), "a\\x1b[2Jb\\x0d\\u{9b}");
     }
 
     #[test]

@@ -542,6 +542,14 @@ fn usage_errors_exit_2() {
         &["--platform", "not-a-platform", &ctx_s],
         &["--label", "novalue", &ctx_s],
         &["--build-arg", "=x", &ctx_s],
+        &["--build-arg", "", &ctx_s],
+        &[
+            "-o",
+            "type=oci,dest=same",
+            "-o",
+            "type=docker,dest=same",
+            &ctx_s,
+        ],
     ];
     for args in cases {
         let ran = rbuild(dir.path(), args, None);

@@ -558,3 +558,93 @@ fn layer_hard_linking_a_host_file_is_refused() {
         "the host's /etc/passwd got a new hard link"
     );
 }
+
+/// Rewrites the single image of the OCI layout at `dir` through `edit(manifest, config)`
+/// (both JSON documents), storing the new blobs and pointing `index.json` at them.
+fn rewrite_layout(dir: &Path, edit: impl Fn(&mut Value, &mut Value)) {
+    let blob = |d: &str| {
+        dir.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let put = |bytes: &[u8]| {
+        let hex = sha256_hex(bytes);
+        std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let mut index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(blob(&manifest_digest)).unwrap()).unwrap();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(blob(&config_digest)).unwrap()).unwrap();
+    edit(&mut manifest, &mut config);
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = cd.into();
+    manifest["config"]["size"] = cs.into();
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    index["manifests"][0]["digest"] = md.into();
+    index["manifests"][0]["size"] = ms.into();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn images_that_lie_about_their_layers_are_refused() {
+    let test = "images_that_lie_about_their_layers_are_refused";
+    let Some(bb) = busybox(test) else {
+        return;
+    };
+    let wrong_diff_id = |_: &mut Value, c: &mut Value| {
+        c["rootfs"]["diff_ids"][0] = format!("sha256:{}", sha256_hex(b"not this layer")).into();
+    };
+    let sizes: [(&str, Value); 3] = [
+        ("10", 10.into()),
+        ("2^62", (1u64 << 62).into()),
+        ("-1", (-1i64).into()),
+    ];
+    // A wrong diff_id: refused by `image load`, and by a build whether or not a step
+    // applies the layer (the output would name the wrong diff_id, which umoci refuses).
+    let b = Build::case(GROUP, "build-context");
+    let layout = layout_copy(&b, &bb);
+    rewrite_layout(&layout, wrong_diff_id);
+    let ran = b.image_cmd("load", &[layout.to_str().unwrap()]);
+    assert_eq!(ran.code, 1, "image load: {}", ran.summary());
+    assert!(
+        ran.stderr_text().contains("is not what its image says"),
+        "image load: {}",
+        ran.summary()
+    );
+    let base = format!("base=oci-layout://{}", layout.display());
+    for (what, dockerfile) in [
+        ("no step applies it", "FROM base\nLABEL x=y\n"),
+        ("a RUN applies it", "FROM base\nRUN true\n"),
+    ] {
+        std::fs::write(&b.dockerfile, dockerfile).unwrap();
+        let ran = b.build(&["--pull=never", "--build-context", &base]);
+        assert_eq!(ran.code, 1, "{what}: {}", ran.summary());
+        assert!(
+            ran.stderr_text().contains("is not what its image says"),
+            "{what}: {}",
+            ran.summary()
+        );
+    }
+    // Layer sizes that are not the blob's.
+    for (what, size) in sizes {
+        let b = Build::case(GROUP, "build-context");
+        let layout = layout_copy(&b, &bb);
+        rewrite_layout(&layout, |m, _| m["layers"][0]["size"] = size.clone());
+        std::fs::write(&b.dockerfile, "FROM base\nLABEL x=y\n").unwrap();
+        let base = format!("base=oci-layout://{}", layout.display());
+        let ran = b.build(&["--pull=never", "--build-context", &base]);
+        assert_eq!(ran.code, 1, "layer size {what}: {}", ran.summary());
+        assert!(
+            ran.stderr_text().contains("descriptor"),
+            "layer size {what}: {}",
+            ran.summary()
+        );
+    }
+}

@@ -661,6 +661,12 @@ fn cancel_with(test: &str, sig: Signal, extra: &[&str]) {
             err.to_lowercase().contains("cancel"),
             "rbuild should say the build was cancelled:\n{err}"
         );
+        // As a shell reports a command ended by the signal: 130 (SIGINT), 143 (SIGTERM).
+        assert_eq!(
+            status.code(),
+            Some(128 + sig as i32),
+            "exit code of a build cancelled by {sig:?}"
+        );
     }
     assert_eq!(b.leftover_temp_files(), Vec::<String>::new(), "store tmp/");
     assert_eq!(

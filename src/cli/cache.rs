@@ -154,7 +154,7 @@ pub fn main(mut argv: Vec<OsString>) -> i32 {
         }
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            eprintln!("error: {e:#}");
+            super::print_error(&e);
             EXIT_BUILD_FAILED
         }
     }

@@ -41,7 +41,7 @@ pub fn main(mut argv: Vec<OsString>) -> i32 {
     match run(args.cache.cache_dir) {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            super::print_error(&e);
             EXIT_BUILD_FAILED
         }
     }

@@ -53,11 +53,20 @@ impl BuildContext {
                 h.str("match", &m.rel_path);
                 let meta = fs::metadata(&m.host_path)
                     .with_context(|| format!("cannot read {:?}", m.rel_path))?;
-                entry(&mut h, "", &m.host_path, &meta, memo)?;
+                let declared = self.declared(&m.host_path);
+                entry(&mut h, "", &m.host_path, &meta, declared, memo)?;
                 if m.kind == EntryKind::Dir {
                     for e in self.walk(m)? {
                         crate::cancel::Cancel.check()?;
-                        entry(&mut h, &e.rel_path, &e.host_path, &e.metadata, memo)?;
+                        let declared = self.declared(&e.host_path);
+                        entry(
+                            &mut h,
+                            &e.rel_path,
+                            &e.host_path,
+                            &e.metadata,
+                            declared,
+                            memo,
+                        )?;
                     }
                 }
             }
@@ -72,12 +81,18 @@ fn entry(
     rel: &str,
     host: &Path,
     meta: &fs::Metadata,
+    declared: Option<super::Declared>,
     memo: &mut dyn ContentMemo,
 ) -> Result<()> {
     let ft = meta.file_type();
-    h.str("path", rel)
-        .u64("mode", u64::from(meta.mode() & 0o7777));
-    if ft.is_file() {
+    h.str("path", rel).u64(
+        "mode",
+        u64::from(declared.map_or(meta.mode() & 0o7777, |d| d.mode)),
+    );
+    if let Some(device) = declared.and_then(|d| d.device) {
+        h.str("kind", "device")
+            .str("device", &format!("{device:?}"));
+    } else if ft.is_file() {
         h.str("kind", "file")
             .u64("size", meta.size())
             .str("content", &file_digest(host, meta, memo)?.to_string());

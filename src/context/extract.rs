@@ -4,7 +4,10 @@
 //! (a leading `/` is dropped, a `..` that would climb above the top is refused), no entry is
 //! written through a symbolic link, and hard links must point at an entry already inside.
 //! Directory modes and times are applied at the end, deepest first, so that restrictive
-//! modes do not get in the way of extraction.
+//! modes do not get in the way of extraction; the owner keeps full access to every
+//! directory on disk (a mode-000 directory could not be read back otherwise), and the mode
+//! the tar gave is remembered for COPY. FIFOs are made; device nodes, which cannot be made
+//! without privileges, are empty files on disk remembered as the devices they are.
 
 use std::ffi::OsString;
 use std::fs;
@@ -17,12 +20,30 @@ use filetime::FileTime;
 use flate2::read::MultiGzDecoder;
 use tempfile::TempDir;
 
+/// What the tar says an extracted entry is, where the disk cannot say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declared {
+    /// Its permission bits.
+    pub mode: u32,
+    /// A device node (kept on disk as an empty file).
+    pub device: Option<Device>,
+}
+
+/// A character or block device: its kind, major and minor numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// A character device.
+    Char(u32, u32),
+    /// A block device.
+    Block(u32, u32),
+}
+
 /// A temporary directory holding an extracted context, removed on drop.
 #[derive(Debug)]
 pub(super) struct Extracted {
     dir: TempDir,
-    /// Some directory got a mode that keeps its owner from removing its content.
-    locked: bool,
+    /// Entries whose mode or kind on disk is not the tar's, by path below the directory.
+    declared: std::collections::HashMap<PathBuf, Declared>,
 }
 
 impl Extracted {
@@ -30,13 +51,11 @@ impl Extracted {
     pub(super) fn path(&self) -> &Path {
         self.dir.path()
     }
-}
 
-impl Drop for Extracted {
-    fn drop(&mut self) {
-        if self.locked {
-            unlock(self.dir.path());
-        }
+    /// What the tar said of the entry at `rel` (below the directory), where the disk
+    /// holds something else.
+    pub(super) fn declared(&self, rel: &Path) -> Option<Declared> {
+        self.declared.get(rel).copied()
     }
 }
 
@@ -54,7 +73,10 @@ pub(super) fn extract<R: Read>(mut r: R, parent: &Path) -> Result<Extracted> {
         .prefix("context-")
         .tempdir_in(parent)
         .with_context(|| format!("cannot create a directory in {}", parent.display()))?;
-    let mut out = Extracted { dir, locked: false };
+    let mut out = Extracted {
+        dir,
+        declared: Default::default(),
+    };
 
     let mut magic = [0u8; 2];
     let mut got = 0;
@@ -69,20 +91,18 @@ pub(super) fn extract<R: Read>(mut r: R, parent: &Path) -> Result<Extracted> {
     let stream = Cursor::new(magic[..got].to_vec()).chain(r);
     let root = out.path().to_path_buf();
     let dirs = if magic[..got] == [0x1f, 0x8b] {
-        unpack_all(MultiGzDecoder::new(stream), &root)?
+        unpack_all(MultiGzDecoder::new(stream), &root, &mut out.declared)?
     } else {
-        unpack_all(stream, &root)?
+        unpack_all(stream, &root, &mut out.declared)?
     };
-
-    if dirs.iter().any(|d| d.mode & 0o700 != 0o700) {
-        out.locked = true;
-    }
-    apply_dir_meta(&root, dirs)?;
+    apply_dir_meta(&root, dirs, &mut out.declared)?;
     Ok(out)
 }
 
+type DeclaredMap = std::collections::HashMap<PathBuf, Declared>;
+
 /// Unpacks every entry of the archive, returning the directories whose metadata is pending.
-fn unpack_all<T: Read>(input: T, root: &Path) -> Result<Vec<DirMeta>> {
+fn unpack_all<T: Read>(input: T, root: &Path, declared: &mut DeclaredMap) -> Result<Vec<DirMeta>> {
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
@@ -92,7 +112,7 @@ fn unpack_all<T: Read>(input: T, root: &Path) -> Result<Vec<DirMeta>> {
     let mut dirs = Vec::new();
     for entry in archive.entries().context("cannot read the context tar")? {
         let mut entry = entry.context("cannot read the context tar")?;
-        unpack_entry(root, &mut entry, &mut dirs)?;
+        unpack_entry(root, &mut entry, &mut dirs, declared)?;
     }
     Ok(dirs)
 }
@@ -101,6 +121,7 @@ fn unpack_entry<R: Read>(
     root: &Path,
     entry: &mut tar::Entry<'_, R>,
     dirs: &mut Vec<DirMeta>,
+    declared: &mut DeclaredMap,
 ) -> Result<()> {
     use tar::EntryType as T;
     let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -110,11 +131,11 @@ fn unpack_entry<R: Read>(
     if !is_dir
         && !matches!(
             kind,
-            T::Regular | T::Continuous | T::GNUSparse | T::Symlink | T::Link
+            T::Regular | T::Continuous | T::GNUSparse | T::Symlink | T::Link | T::Fifo
         )
+        && !matches!(kind, T::Char | T::Block)
     {
-        // Metadata entries are handled by the tar reader; fifos and devices cannot be used
-        // from a context (and devices cannot be made without privileges).
+        // Metadata entries are handled by the tar reader.
         return Ok(());
     }
     let path = entry
@@ -189,6 +210,36 @@ fn unpack_entry<R: Read>(
             }
             remove_existing(&dst).with_context(failed)?;
             fs::hard_link(&tpath, &dst).with_context(failed)?;
+        }
+        T::Fifo => {
+            let mode = entry.header().mode().with_context(failed)? & 0o7777;
+            remove_existing(&dst).with_context(failed)?;
+            nix::unistd::mkfifo(&dst, nix::sys::stat::Mode::from_bits_truncate(mode))
+                .with_context(failed)?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).with_context(failed)?;
+        }
+        T::Char | T::Block => {
+            // Not makeable without privileges: an empty file, remembered as the device.
+            let h = entry.header();
+            let (major, minor) = (
+                h.device_major().ok().flatten().unwrap_or(0),
+                h.device_minor().ok().flatten().unwrap_or(0),
+            );
+            let device = if kind == T::Char {
+                Device::Char(major, minor)
+            } else {
+                Device::Block(major, minor)
+            };
+            let mode = h.mode().with_context(failed)? & 0o7777;
+            remove_existing(&dst).with_context(failed)?;
+            fs::File::create(&dst).with_context(failed)?;
+            declared.insert(
+                comps.iter().collect(),
+                Declared {
+                    mode,
+                    device: Some(device),
+                },
+            );
         }
         _ => {
             remove_existing(&dst).with_context(failed)?;
@@ -284,8 +335,9 @@ fn remove_existing(path: &Path) -> io::Result<()> {
 }
 
 /// Applies the recorded directory modes and times, deepest first; a later entry for the
-/// same directory wins. Directories that were replaced since are skipped.
-fn apply_dir_meta(root: &Path, mut dirs: Vec<DirMeta>) -> Result<()> {
+/// same directory wins. Directories that were replaced since are skipped. The owner keeps
+/// full access on disk; a mode that would take it away is remembered in `declared`.
+fn apply_dir_meta(root: &Path, mut dirs: Vec<DirMeta>, declared: &mut DeclaredMap) -> Result<()> {
     dirs.sort_by_key(|d| std::cmp::Reverse(d.comps.len()));
     for d in dirs {
         if !real_dirs(root, &d.comps) {
@@ -296,28 +348,22 @@ fn apply_dir_meta(root: &Path, mut dirs: Vec<DirMeta>) -> Result<()> {
         if let Some(t) = d.mtime {
             filetime::set_symlink_file_times(&path, t, t).with_context(failed)?;
         }
-        fs::set_permissions(&path, fs::Permissions::from_mode(d.mode)).with_context(failed)?;
+        let rel: PathBuf = d.comps.iter().collect();
+        if d.mode & 0o700 == 0o700 {
+            declared.remove(&rel);
+        } else {
+            declared.insert(
+                rel,
+                Declared {
+                    mode: d.mode,
+                    device: None,
+                },
+            );
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(d.mode | 0o700))
+            .with_context(failed)?;
     }
     Ok(())
-}
-
-/// Gives the owner full access to every directory below `root` so it can be removed.
-fn unlock(root: &Path) {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-            continue;
-        }
-        // Best effort: this runs on drop, where errors cannot be reported.
-        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
-        if let Ok(entries) = fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ pub mod digest;
 pub mod dockerignore;
 mod extract;
 
+pub use extract::{Declared, Device};
+
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs;
@@ -169,6 +171,13 @@ impl BuildContext {
     /// The root directory on disk.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// What a context sent as a tar says of the entry at `host` (below the root) where
+    /// the disk holds something else: a directory's real mode, a device node.
+    pub fn declared(&self, host: &Path) -> Option<Declared> {
+        let rel = host.strip_prefix(&self.root).ok()?;
+        self._extracted.as_ref()?.declared(rel)
     }
 
     /// Resolves one COPY/ADD source as written in the Dockerfile (after variable
@@ -929,8 +938,10 @@ mod tests {
             .root()
             .starts_with(fs::canonicalize(parent.path()).unwrap()));
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // The owner keeps full access on disk; COPY gets the tar's mode.
         let ro = fs::symlink_metadata(ctx.root().join("ro")).unwrap();
-        assert_eq!(ro.permissions().mode() & 0o7777, 0o555);
+        assert_eq!(ro.permissions().mode() & 0o7777, 0o755);
+        assert_eq!(ctx.declared(&ctx.root().join("ro")).unwrap().mode, 0o555);
         let x = ctx.resolve("ro/x").unwrap().remove(0);
         assert_eq!(fs::read_to_string(&x.host_path).unwrap(), "hello");
         let xm = fs::metadata(&x.host_path).unwrap();
@@ -1089,7 +1100,11 @@ mod tests {
             .file_type()
             .is_symlink());
         assert_eq!(fs::read_to_string(ctx.root().join("f")).unwrap(), "two");
-        assert!(!ctx.root().join("fifo").exists());
+        use std::os::unix::fs::FileTypeExt;
+        assert!(fs::symlink_metadata(ctx.root().join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
     }
 
     #[test]

@@ -35,6 +35,43 @@ impl<F: Fn(&str) -> Option<String>> Vars for F {
     }
 }
 
+/// The longest word an expansion may produce (bytes): `ARG A1=${A0}${A0}`, forty times
+/// over, would otherwise grow without bound.
+pub const MAX_WORD: usize = 1 << 20;
+/// How deep `${...}` may nest in one word: the lexer recurses once per level.
+pub const MAX_DEPTH: usize = 64;
+/// What every expansion of one Dockerfile may produce in all (bytes): each word is
+/// bounded by [`MAX_WORD`], but a million lines each storing a megabyte would not be.
+pub const MAX_TOTAL: usize = 64 << 20;
+
+thread_local! {
+    /// What expansions on this thread may still produce (see [`set_budget`]).
+    static BUDGET: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Gives expansions on this thread `bytes` to produce from now on (the planner sets
+/// [`MAX_TOTAL`] before it expands a Dockerfile).
+pub fn set_budget(bytes: usize) {
+    BUDGET.with(|b| b.set(bytes));
+}
+
+/// Takes `n` bytes from this thread's budget.
+fn spend(n: usize) -> Result<(), String> {
+    BUDGET.with(|b| match b.get().checked_sub(n) {
+        Some(left) => {
+            b.set(left);
+            Ok(())
+        }
+        None => Err(format!(
+            "the Dockerfile's expansions produce more than {} MiB in all",
+            MAX_TOTAL >> 20
+        )),
+    })
+}
+
+/// Steps of glob matching one `${V#p}`, `${V%p}` or `${V/p/r}` may take.
+const MAX_GLOB_STEPS: u64 = 20_000_000;
+
 /// An expansion failure (bad substitution syntax, unterminated quote, `${V:?}` on unset `V`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpandError {
@@ -85,7 +122,7 @@ fn run(
 ) -> Result<(String, Vec<String>), ExpandError> {
     let mut lx = Lexer::new(word, vars, escape, mode);
     lx.process_stop_on(None, false)
-        .map(|(s, w)| (s, w.finish()))
+        .and_then(|(s, w)| spend(s.len()).map(|()| (s, w.finish())))
         .map_err(|e| ExpandError {
             message: format!("failed to process {word:?}: {e}"),
         })
@@ -147,6 +184,8 @@ struct Lexer<'a> {
     mode: Mode,
     /// When set, names are recorded and `${V?}` never fails (for [`referenced_vars`]).
     collect: Option<Vec<String>>,
+    /// How many `${...}` word parts are being processed (bounded by [`MAX_DEPTH`]).
+    depth: usize,
 }
 
 type LexResult<T> = Result<T, String>;
@@ -160,6 +199,7 @@ impl<'a> Lexer<'a> {
             escape,
             mode,
             collect: None,
+            depth: 0,
         }
     }
 
@@ -211,6 +251,9 @@ impl<'a> Lexer<'a> {
                 }
                 '$' => {
                     let s = self.dollar()?;
+                    if out.len() + s.len() > MAX_WORD {
+                        return Err(format!("the expanded word is longer than {MAX_WORD} bytes"));
+                    }
                     out.push_str(&s);
                     fields.add_str(&s);
                 }
@@ -403,19 +446,27 @@ impl<'a> Lexer<'a> {
                     word.remove(0);
                 }
                 let glob = Glob::compile(&word, self.escape);
-                Ok(if op == '#' {
+                if op == '#' {
                     glob.trim_prefix(&value, greedy)
                 } else {
                     glob.trim_suffix(&value, greedy)
-                })
+                }
             }
         }
     }
 
     /// The word part of `${...}` up to `stop`, reporting `missing` when input runs out.
     fn sub_word(&mut self, stop: char, raw: bool, missing: &str) -> LexResult<(String, Fields)> {
-        self.process_stop_on(Some(stop), raw).map_err(|e| {
-            if self.peek().is_none() {
+        if self.depth >= MAX_DEPTH {
+            return Err(format!(
+                "substitutions are nested more than {MAX_DEPTH} deep"
+            ));
+        }
+        self.depth += 1;
+        let done = self.process_stop_on(Some(stop), raw);
+        self.depth -= 1;
+        done.map_err(|e| {
+            if self.peek().is_none() && !e.starts_with("substitutions are nested") {
                 missing.to_string()
             } else {
                 e
@@ -432,7 +483,7 @@ impl<'a> Lexer<'a> {
         let (pattern, _) = self.sub_word('/', true, "syntax error: missing '/' in ${}")?;
         let (replacement, _) = self.sub_word('}', false, "syntax error: missing '}'")?;
         let value = self.lookup(name).unwrap_or_default();
-        Ok(Glob::compile(&pattern, self.escape).replace(&value, &replacement, all))
+        Glob::compile(&pattern, self.escape).replace(&value, &replacement, all)
     }
 }
 
@@ -448,8 +499,9 @@ enum Tok {
     },
 }
 
-/// A compiled shell glob (`*`, `?`, `[...]`, escape char makes the next char literal).
-struct Glob(Vec<Tok>);
+/// A compiled shell glob (`*`, `?`, `[...]`, escape char makes the next char literal),
+/// with what is left of its matching budget ([`MAX_GLOB_STEPS`]).
+struct Glob(Vec<Tok>, std::cell::Cell<u64>);
 
 impl Glob {
     fn compile(pattern: &str, escape: char) -> Glob {
@@ -476,7 +528,7 @@ impl Glob {
                 c => toks.push(Tok::Lit(c)),
             }
         }
-        Glob(toks)
+        Glob(toks, std::cell::Cell::new(MAX_GLOB_STEPS))
     }
 
     /// Parses a bracket expression starting after `[`; `None` if it is not closed.
@@ -515,11 +567,16 @@ impl Glob {
     }
 
     /// Whether the whole of `s` matches (iterative, single backtrack point: O(len·pattern)).
+    /// Runs out (false) when the budget is spent; [`Glob::spent`] then says so.
     fn matches(&self, s: &[char]) -> bool {
         let toks = &self.0;
         let (mut p, mut i) = (0, 0);
         let mut star: Option<(usize, usize)> = None;
         while i < s.len() {
+            if self.1.get() == 0 {
+                return false;
+            }
+            self.1.set(self.1.get() - 1);
             if p < toks.len() {
                 if toks[p] == Tok::Star {
                     star = Some((p, i));
@@ -544,8 +601,18 @@ impl Glob {
         toks[p.min(toks.len())..].iter().all(|t| *t == Tok::Star)
     }
 
+    /// An error once the matching budget is spent (a long value and a costly pattern).
+    fn spent(&self) -> LexResult<()> {
+        if self.1.get() == 0 {
+            return Err(format!(
+                "pattern matching took more than {MAX_GLOB_STEPS} steps"
+            ));
+        }
+        Ok(())
+    }
+
     /// `${V#p}` (shortest) / `${V##p}` (longest): remove a matching prefix.
-    fn trim_prefix(&self, value: &str, greedy: bool) -> String {
+    fn trim_prefix(&self, value: &str, greedy: bool) -> LexResult<String> {
         let v: Vec<char> = value.chars().collect();
         let n = v.len();
         let found = if greedy {
@@ -553,14 +620,15 @@ impl Glob {
         } else {
             (0..=n).find(|&k| self.matches(&v[..k]))
         };
-        match found {
+        self.spent()?;
+        Ok(match found {
             Some(k) => v[k..].iter().collect(),
             None => value.to_string(),
-        }
+        })
     }
 
     /// `${V%p}` (shortest) / `${V%%p}` (longest): remove a matching suffix.
-    fn trim_suffix(&self, value: &str, greedy: bool) -> String {
+    fn trim_suffix(&self, value: &str, greedy: bool) -> LexResult<String> {
         let v: Vec<char> = value.chars().collect();
         let n = v.len();
         let found = if greedy {
@@ -568,16 +636,17 @@ impl Glob {
         } else {
             (0..=n).rev().find(|&k| self.matches(&v[k..]))
         };
-        match found {
+        self.spent()?;
+        Ok(match found {
             Some(k) => v[..k].iter().collect(),
             None => value.to_string(),
-        }
+        })
     }
 
     /// `${V/p/r}` / `${V//p/r}`: replace the first (or every) leftmost-longest non-empty match.
-    fn replace(&self, value: &str, replacement: &str, all: bool) -> String {
+    fn replace(&self, value: &str, replacement: &str, all: bool) -> LexResult<String> {
         if self.0.is_empty() {
-            return value.to_string();
+            return Ok(value.to_string());
         }
         let v: Vec<char> = value.chars().collect();
         let n = v.len();
@@ -586,10 +655,14 @@ impl Glob {
         let mut start = 0;
         while start < n {
             let end = (start + 1..=n).rev().find(|&e| self.matches(&v[start..e]));
+            self.spent()?;
             match end {
                 Some(e) => {
                     out.extend(&v[pos..start]);
                     out.push_str(replacement);
+                    if out.len() > MAX_WORD {
+                        return Err(format!("the expanded word is longer than {MAX_WORD} bytes"));
+                    }
                     pos = e;
                     start = e;
                     if !all {
@@ -600,7 +673,7 @@ impl Glob {
             }
         }
         out.extend(&v[pos..]);
-        out
+        Ok(out)
     }
 }
 

@@ -7,4 +7,4 @@ pub mod ast;
 pub mod expand;
 mod parser;
 
-pub use parser::{parse, ParseError};
+pub use parser::{parse, ParseError, MAX_FILE, MAX_LINE};

@@ -32,9 +32,21 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// The longest physical line a Dockerfile may have, in bytes (BuildKit's limit too).
+pub const MAX_LINE: usize = 65_535;
+/// The largest Dockerfile read, in bytes (what BuildKit's gateway frontends can receive).
+pub const MAX_FILE: usize = 16 << 20;
+
 /// Parses a whole Dockerfile. `source` may be arbitrary bytes: invalid UTF-8 is an error located
-/// at the line of the first bad byte. A leading UTF-8 byte-order mark is ignored.
+/// at the line of the first bad byte. A leading UTF-8 byte-order mark is ignored. A file over
+/// [`MAX_FILE`] or a line over [`MAX_LINE`] bytes is an error.
 pub fn parse(source: &[u8]) -> Result<Dockerfile, ParseError> {
+    if source.len() > MAX_FILE {
+        return Err(ParseError {
+            line: 0,
+            message: format!("the Dockerfile is larger than {} MiB", MAX_FILE >> 20),
+        });
+    }
     let text = std::str::from_utf8(source).map_err(|e| {
         let valid = source.get(..e.valid_up_to()).unwrap_or_default();
         ParseError {
@@ -49,6 +61,12 @@ pub fn parse(source: &[u8]) -> Result<Dockerfile, ParseError> {
         .collect();
     if text.ends_with('\n') {
         lines.pop(); // the final newline ends the last line, it does not start another
+    }
+    if let Some(i) = lines.iter().position(|l| l.len() > MAX_LINE) {
+        return Err(ParseError {
+            line: i + 1,
+            message: format!("dockerfile line greater than max allowed size of {MAX_LINE}"),
+        });
     }
 
     let mut df = Dockerfile {

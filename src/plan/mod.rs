@@ -106,6 +106,8 @@ impl Plan {
     /// Splits the Dockerfile into stages, resolves FROM and `COPY --from` references, and
     /// picks the stages the target needs.
     pub fn new(df: &Dockerfile, options: PlanOptions) -> Result<Plan> {
+        // Everything this Dockerfile's words expand to, from here on, is bounded.
+        crate::dockerfile::expand::set_budget(crate::dockerfile::expand::MAX_TOTAL);
         let mut meta_args = BTreeMap::new();
         let mut meta_declared = BTreeSet::new();
         let automatic: BTreeMap<String, String> = automatic_args(&options.platform);

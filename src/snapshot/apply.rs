@@ -645,4 +645,109 @@ mod tests {
             Path::new("f")
         );
     }
+
+    /// Layer apply as a fuzz target: random layers of hostile names (`..`, absolute
+    /// paths, whiteouts), symlinks and hard links pointing out of the root, applied with
+    /// and without whiteouts: never a panic, and nothing outside the root is touched.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        const PARTS: &[&str] = &[
+            "a",
+            "b",
+            "..",
+            ".",
+            "",
+            "etc",
+            ".wh.a",
+            ".wh..wh..opq",
+            "link",
+            "outside",
+        ];
+        const TARGETS: &[&str] = &[
+            "a",
+            "../outside",
+            "../../outside",
+            "/outside-rbuild-fuzz",
+            "link/../..",
+            "/",
+            "a/b",
+            ".",
+        ];
+
+        fn path() -> impl Strategy<Value = String> {
+            (
+                prop::bool::ANY,
+                prop::collection::vec(prop::sample::select(PARTS), 1..4),
+            )
+                .prop_map(|(abs, parts)| {
+                    format!("{}{}", if abs { "/" } else { "" }, parts.join("/"))
+                })
+        }
+
+        /// One raw tar entry: name bytes as given (no cleaning), type, link name.
+        fn entry() -> impl Strategy<Value = Vec<u8>> {
+            (path(), 0u8..6, prop::sample::select(TARGETS)).prop_map(|(p, k, target)| {
+                let mut hd = tar::Header::new_gnu();
+                let (kind, data): (tar::EntryType, &[u8]) = match k {
+                    0 => (tar::EntryType::Regular, b"x"),
+                    1 => (tar::EntryType::Directory, b""),
+                    2 => (tar::EntryType::Symlink, b""),
+                    3 => (tar::EntryType::Link, b""),
+                    4 => (tar::EntryType::Fifo, b""),
+                    _ => (tar::EntryType::Regular, b""),
+                };
+                hd.set_entry_type(kind);
+                let name = &mut hd.as_gnu_mut().unwrap().name;
+                let n = p.len().min(name.len());
+                name[..n].copy_from_slice(&p.as_bytes()[..n]);
+                let link = &mut hd.as_gnu_mut().unwrap().linkname;
+                let n = target.len().min(link.len());
+                link[..n].copy_from_slice(&target.as_bytes()[..n]);
+                hd.set_mode(0o755);
+                hd.set_uid(0);
+                hd.set_gid(0);
+                hd.set_mtime(1_600_000_000);
+                hd.set_size(data.len() as u64);
+                hd.set_cksum();
+                let mut b = tar::Builder::new(Vec::new());
+                b.append(&hd, data).unwrap();
+                let mut bytes = b.into_inner().unwrap();
+                bytes.truncate(512 + data.len().div_ceil(512) * 512); // no end marker
+                bytes
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn apply_never_leaves_the_root(
+                layers in prop::collection::vec(prop::collection::vec(entry(), 1..10), 1..3),
+                whiteouts in prop::bool::ANY,
+            ) {
+                let t = tempfile::tempdir().unwrap();
+                let (root, outside) = (t.path().join("root"), t.path().join("outside"));
+                fs::create_dir(&root).unwrap();
+                fs::create_dir(&outside).unwrap();
+                fs::write(outside.join("keep"), b"k").unwrap();
+                let opts = ApplyOptions { set_owners: false, whiteouts };
+                for entries in &layers {
+                    let mut tar: Vec<u8> = entries.concat();
+                    tar.extend_from_slice(&[0u8; 1024]);
+                    let _ = apply_layer(&tar[..], &root, "fuzz", &opts);
+                }
+                let mut names: Vec<_> = fs::read_dir(t.path()).unwrap()
+                    .map(|e| e.unwrap().file_name()).collect();
+                names.sort();
+                prop_assert_eq!(names, vec![std::ffi::OsString::from("outside"), "root".into()]);
+                let inside: Vec<_> = fs::read_dir(&outside).unwrap()
+                    .map(|e| e.unwrap().file_name()).collect();
+                prop_assert_eq!(inside, vec![std::ffi::OsString::from("keep")]);
+                prop_assert_eq!(fs::read(outside.join("keep")).unwrap(), b"k".to_vec());
+                prop_assert!(!Path::new("/outside-rbuild-fuzz").exists());
+            }
+        }
+    }
 }

@@ -53,7 +53,8 @@ pub fn write_layer(store: &Store, entries: Vec<LayerEntry>, opts: &LayerOptions)
     // A failure to compress (disk full) is the root cause of a failure to produce.
     let (digest, size) = compressed.context("cannot write a layer to the cache")?;
     let (diff_id, _) = produced?;
-    store.commit_blob(tmp, &digest)?;
+    // Both digests were computed from the bytes written: nothing to check later.
+    store.commit_layer(tmp, &digest, &diff_id)?;
     Ok(Layer {
         digest,
         diff_id,

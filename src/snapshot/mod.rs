@@ -9,6 +9,7 @@ pub mod fuse_overlay;
 mod layer;
 pub mod overlay;
 mod pgzip;
+mod stored;
 pub mod tar_writer;
 pub mod walk;
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use apply::{apply_layer, ApplyOptions};
 pub use layer::{write_layer, LayerOptions};
+pub use stored::{open_layer, verify_layers, LayerReader};
 
 /// Where a file entry's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::rootfs::{resolve_in_root, FileKind, Rootfs};
 use super::users::Owner;
-use crate::context::{self, BuildContext};
+use crate::context::{self, BuildContext, Device};
 use crate::plan::steps::{CopySource, CopyStep};
 use crate::snapshot::compression::{decompressing_reader, looks_like_tar};
 use crate::snapshot::{apply_layer, ApplyOptions, Content, EntryKind, LayerEntry};
@@ -272,11 +272,21 @@ fn entry_from_disk(
     inp: &CopyInputs<'_>,
 ) -> Result<Option<LayerEntry>> {
     let ft = meta.file_type();
-    let Some(kind) = EntryKind::of_disk(host, meta)? else {
-        return Ok(None); // sockets cannot be stored in a layer
+    let declared = inp.source.declared(host);
+    let kind = match declared.and_then(|d| d.device) {
+        Some(Device::Char(major, minor)) => EntryKind::CharDevice(major, minor),
+        Some(Device::Block(major, minor)) => EntryKind::BlockDevice(major, minor),
+        None => match EntryKind::of_disk(host, meta)? {
+            Some(kind) => kind,
+            // A socket: an empty file with its permissions, as BuildKit copies one.
+            None => EntryKind::File {
+                size: 0,
+                source: Content::Bytes(Vec::new()),
+            },
+        },
     };
     let is_dir = ft.is_dir();
-    let mut mode = meta.mode() & 0o7777;
+    let mut mode = declared.map_or(meta.mode() & 0o7777, |d| d.mode);
     if !ft.is_symlink() {
         if let Some(c) = &step.chmod {
             mode = c.apply(mode, is_dir);
@@ -357,8 +367,10 @@ fn extract_archive(
         },
     )
     .with_context(|| format!("cannot extract {label}"))?;
-    // Owners as recorded in the archive (they cannot be set on disk unprivileged).
+    // Owners as recorded in the archive (they cannot be set on disk unprivileged), and
+    // device nodes (which cannot be made unprivileged: kept as the archive says them).
     let mut owners: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    let mut devices: BTreeMap<String, (EntryKind, u32, i64)> = BTreeMap::new();
     let mut tar = tar::Archive::new(open()?);
     for entry in tar.entries()? {
         let entry = entry?;
@@ -369,7 +381,45 @@ fn extract_archive(
             .trim_end_matches('/')
             .to_string();
         let h = entry.header();
-        owners.insert(path, (h.uid()? as u32, h.gid()? as u32));
+        owners.insert(path.clone(), (h.uid()? as u32, h.gid()? as u32));
+        let numbers = || {
+            (
+                h.device_major().ok().flatten().unwrap_or(0),
+                h.device_minor().ok().flatten().unwrap_or(0),
+            )
+        };
+        let kind = match h.entry_type() {
+            tar::EntryType::Char => Some(EntryKind::CharDevice(numbers().0, numbers().1)),
+            tar::EntryType::Block => Some(EntryKind::BlockDevice(numbers().0, numbers().1)),
+            _ => None,
+        };
+        match kind {
+            Some(k) => {
+                let mtime = h.mtime().unwrap_or(0) as i64;
+                devices.insert(path, (k, h.mode()? & 0o7777, mtime));
+            }
+            None => {
+                devices.remove(&path);
+            }
+        }
+    }
+    for (rel, (kind, mode, mtime)) in devices {
+        if fs::symlink_metadata(dir.join(&rel)).is_ok() {
+            continue; // made on disk (privileged): listed below like any entry
+        }
+        let (uid, gid) = match inp.owner {
+            Some(o) => (o.uid, o.gid),
+            None => owners.get(&rel).copied().unwrap_or((0, 0)),
+        };
+        out.push(LayerEntry {
+            path: join(base, &rel),
+            kind,
+            mode: step.chmod.as_ref().map_or(mode, |c| c.apply(mode, false)),
+            uid,
+            gid,
+            mtime: clamp(mtime, inp.epoch),
+            xattrs: Vec::new(),
+        });
     }
     for e in walkdir::WalkDir::new(&dir).min_depth(1).sort_by_file_name() {
         let e = e?;

@@ -609,6 +609,9 @@ fn scratch_config(platform: &Platform) -> ImageConfig {
 
 /// Writes the target's config and manifest into the store.
 fn assemble(inp: &BuildInputs<'_>, target: StageState, created: i64) -> Result<BuiltImage> {
+    // A base layer no step applied is checked against its diff_id here, before an image
+    // names it.
+    crate::snapshot::verify_layers(inp.store, &target.layers)?;
     let mut cfg = target.config;
     for (k, v) in inp.labels {
         cfg.config.labels.insert(k.clone(), v.clone());

@@ -5,14 +5,13 @@
 //! upper directory becomes its snapshot; so does a RUN step's upper directory, after its
 //! layer was read from it.
 
-use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::image::Layer;
 use crate::snapshot::overlay::{mount_overlay, Driver, Mounted, StepDirs};
-use crate::snapshot::{apply_layer, compression::decompressing_reader, ApplyOptions};
+use crate::snapshot::{apply_layer, open_layer, ApplyOptions};
 use crate::store::{remove_tree, FieldHasher, Store};
 
 /// The overlay root of one stage.
@@ -142,12 +141,9 @@ impl OverlayRoot {
                 self.merged()
             };
             let layer = &layers[i];
-            let blob = crate::cancel::Cancellable(store.open_blob(&layer.digest)?);
-            let (_, reader): (_, Box<dyn Read>) =
-                decompressing_reader(BufReader::with_capacity(1 << 20, blob))
-                    .with_context(|| format!("cannot read layer {}", layer.digest))?;
+            let mut reader = open_layer(store, layer)?;
             apply_layer(
-                reader,
+                &mut reader,
                 &into,
                 &layer.digest.to_string(),
                 &ApplyOptions {
@@ -155,6 +151,7 @@ impl OverlayRoot {
                     whiteouts: true,
                 },
             )?;
+            reader.finish()?;
             self.commit(store, &key)?;
         }
         self.mount()

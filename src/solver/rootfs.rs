@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use crate::image::Layer;
 use crate::snapshot::overlay::{Driver, StepDirs};
-use crate::snapshot::{apply_layer, compression::decompressing_reader, ApplyOptions};
+use crate::snapshot::{apply_layer, open_layer, ApplyOptions};
 use crate::store::Store;
 
 use super::overlay_root::OverlayRoot;
@@ -139,14 +139,9 @@ impl Rootfs {
         let set_owners = self.owners.is_none();
         let root = self.path().to_path_buf();
         for layer in &layers[self.applied.min(layers.len())..] {
-            let open = || -> Result<Box<dyn Read>> {
-                let blob = crate::cancel::Cancellable(store.open_blob(&layer.digest)?);
-                let (_, reader) = decompressing_reader(BufReader::with_capacity(1 << 20, blob))
-                    .with_context(|| format!("cannot read layer {}", layer.digest))?;
-                Ok(reader)
-            };
+            let mut reader = open_layer(store, layer)?;
             apply_layer(
-                open()?,
+                &mut reader,
                 &root,
                 &layer.digest.to_string(),
                 &ApplyOptions {
@@ -154,8 +149,9 @@ impl Rootfs {
                     whiteouts: true,
                 },
             )?;
+            reader.finish()?;
             if let Some(owners) = &mut self.owners {
-                record_owners(open()?, owners)
+                record_owners(open_layer(store, layer)?, owners)
                     .with_context(|| format!("cannot read layer {}", layer.digest))?;
             }
         }

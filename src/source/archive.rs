@@ -68,7 +68,10 @@ pub fn import(
         };
         let reference = Reference::parse(&chosen)?.with_default_tag();
         let normalised = reference.to_string();
-        open_stored(store, &normalised, &digest, platform)?;
+        let image = open_stored(store, &normalised, &digest, platform)?;
+        // An image that names a wrong diff_id is refused now, not when a build uses it.
+        crate::snapshot::verify_layers(store, &image.layers)
+            .with_context(|| format!("image {normalised}"))?;
         store.set_image(&normalised, &digest, &format!("load {shown}"))?;
         out.push(Imported {
             name: normalised,

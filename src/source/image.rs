@@ -107,6 +107,13 @@ fn open_manifest(store: &Store, name: &str, digest: &Digest) -> Result<BaseImage
     let config_bytes = store
         .read_blob(&config_digest)
         .with_context(|| format!("image {name}: config is missing"))?;
+    check_size(
+        name,
+        "config",
+        &config_digest,
+        doc.pointer("/config/size"),
+        config_bytes.len() as u64,
+    )?;
     let config: ImageConfig = serde_json::from_slice(&config_bytes).with_context(|| {
         format!("image {name}: config {config_digest} is not a valid image config")
     })?;
@@ -130,14 +137,14 @@ fn open_manifest(store: &Store, name: &str, digest: &Digest) -> Result<BaseImage
         if media_type.contains("foreign") || media_type.contains("nondistributable") {
             bail!("image {name}: foreign (non-distributable) layers are not supported");
         }
-        let layer = Layer {
+        let mut layer = Layer {
             digest: l
                 .get("digest")
                 .and_then(Value::as_str)
                 .ok_or_else(|| anyhow!("image {name}: layer without a digest"))?
                 .parse()?,
             diff_id: diff_id.parse()?,
-            size: l.get("size").and_then(Value::as_u64).unwrap_or(0),
+            size: 0,
             media_type: oci_layer_media_type(media_type),
         };
         if !store.has_blob(&layer.digest) {
@@ -146,6 +153,11 @@ fn open_manifest(store: &Store, name: &str, digest: &Digest) -> Result<BaseImage
                 layer.digest
             );
         }
+        let on_disk = std::fs::metadata(store.blob_path(&layer.digest))
+            .with_context(|| format!("image {name}: layer {}", layer.digest))?
+            .len();
+        check_size(name, "layer", &layer.digest, l.get("size"), on_disk)?;
+        layer.size = on_disk;
         layers.push(layer);
     }
     Ok(BaseImage {
@@ -154,6 +166,26 @@ fn open_manifest(store: &Store, name: &str, digest: &Digest) -> Result<BaseImage
         config,
         layers,
     })
+}
+
+/// Checks a descriptor's `size` (a JSON number) against the blob's real size.
+fn check_size(
+    name: &str,
+    what: &str,
+    digest: &Digest,
+    declared: Option<&Value>,
+    actual: u64,
+) -> Result<()> {
+    match declared.and_then(Value::as_u64) {
+        Some(size) if size == actual => Ok(()),
+        Some(size) => bail!(
+            "image {name}: the {what} {digest} is {actual} bytes, but its descriptor says {size}"
+        ),
+        None => bail!(
+            "image {name}: the {what} {digest} has no valid size in its descriptor ({})",
+            declared.map_or("missing".to_string(), Value::to_string)
+        ),
+    }
 }
 
 #[cfg(test)]

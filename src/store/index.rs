@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS file_digests(
     last_used INTEGER NOT NULL,
     PRIMARY KEY(dev, ino)
 );
+CREATE TABLE IF NOT EXISTS verified_layers(
+    digest TEXT PRIMARY KEY,
+    diff_id TEXT NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// What a record is; decides how GC treats it.
@@ -476,6 +480,39 @@ impl Store {
                 .optional()?;
             Ok(d.and_then(|d| d.parse().ok()))
         })
+    }
+
+    /// Whether the layer blob `digest` was seen to decompress to content `diff_id`.
+    pub fn layer_verified(&self, digest: &Digest, diff_id: &Digest) -> Result<bool> {
+        self.with_db(|c| {
+            let found: Option<String> = c
+                .query_row(
+                    "SELECT diff_id FROM verified_layers WHERE digest = ?1",
+                    params![digest.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(found.is_some_and(|d| d == diff_id.to_string()))
+        })
+    }
+
+    /// Remembers that the layer blob `digest` decompresses to content `diff_id` (the same
+    /// bytes always do, so the row outlives the blob harmlessly).
+    pub fn note_layer_verified(&self, digest: &Digest, diff_id: &Digest) -> Result<()> {
+        self.write_tx(|tx| Self::note_layer_verified_in(tx, digest, diff_id))
+    }
+
+    /// [`Store::note_layer_verified`] inside a transaction.
+    pub(super) fn note_layer_verified_in(
+        tx: &rusqlite::Transaction<'_>,
+        digest: &Digest,
+        diff_id: &Digest,
+    ) -> Result<()> {
+        tx.execute(
+            "INSERT OR REPLACE INTO verified_layers(digest, diff_id) VALUES (?1, ?2)",
+            params![digest.to_string(), diff_id.to_string()],
+        )?;
+        Ok(())
     }
 
     /// Every remembered context file digest.

@@ -441,7 +441,18 @@ impl Store {
     /// file is dropped.
     pub fn commit_blob(&self, tmp: tempfile::NamedTempFile, digest: &Digest) -> Result<PathBuf> {
         let children = children_of_file(tmp.path());
-        self.commit_blob_with(tmp, digest, &children)
+        self.commit_blob_with(tmp, digest, &children, None)
+    }
+
+    /// As [`Store::commit_blob`], for a layer whose uncompressed digest `diff_id` was
+    /// computed from the bytes written: remembered as verified in the same transaction.
+    pub fn commit_layer(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        digest: &Digest,
+        diff_id: &Digest,
+    ) -> Result<PathBuf> {
+        self.commit_blob_with(tmp, digest, &[], Some(diff_id))
     }
 
     fn commit_blob_with(
@@ -449,6 +460,7 @@ impl Store {
         tmp: tempfile::NamedTempFile,
         digest: &Digest,
         children: &[String],
+        diff_id: Option<&Digest>,
     ) -> Result<PathBuf> {
         let dest = self.blob_path(digest);
         tmp.as_file().sync_all()?;
@@ -464,6 +476,9 @@ impl Store {
         self.write_tx(|tx| {
             let id = digest.to_string();
             self.lease_in(tx, &id)?;
+            if let Some(diff_id) = diff_id {
+                Self::note_layer_verified_in(tx, digest, diff_id)?;
+            }
             if self.record_in(tx, &id)?.is_some() && dest.is_file() {
                 return Ok(());
             }
@@ -498,7 +513,7 @@ impl Store {
         if !self.has_blob(&digest) {
             let mut tmp = self.temp_file()?;
             tmp.write_all(bytes)?;
-            self.commit_blob_with(tmp, &digest, &children_of(bytes))?;
+            self.commit_blob_with(tmp, &digest, &children_of(bytes), None)?;
         }
         Ok(digest)
     }

@@ -374,6 +374,12 @@ pub struct TarItem {
     pub uid: u64,
     /// Owner gid.
     pub gid: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Device numbers (major, minor), for device nodes.
+    pub device: Option<(u32, u32)>,
+    /// Size in bytes.
+    pub size: u64,
     /// Extended attributes (PAX `SCHILY.xattr.NAME` records).
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
@@ -408,6 +414,17 @@ pub fn tar_items(blob: &[u8]) -> Result<Vec<TarItem>, String> {
             kind: h.entry_type(),
             uid: h.uid().map_err(|e| format!("bad uid: {e}"))?,
             gid: h.gid().map_err(|e| format!("bad gid: {e}"))?,
+            mode: h.mode().map_err(|e| format!("bad mode: {e}"))? & 0o7777,
+            device: match (h.device_major(), h.device_minor()) {
+                (Ok(Some(a)), Ok(Some(b)))
+                    if h.entry_type().is_character_special()
+                        || h.entry_type().is_block_special() =>
+                {
+                    Some((a, b))
+                }
+                _ => None,
+            },
+            size: h.size().map_err(|e| format!("bad size: {e}"))?,
             xattrs,
         });
     }

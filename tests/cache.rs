@@ -1,7 +1,8 @@
 //! The build cache end to end, on the generated busybox base: warm rebuilds that run
 //! nothing, what a change invalidates, `--no-cache(-filter)`, LRU eviction with base images
 //! last, `du` against `du -sb`, `prune`, `image rm`, many processes on one cache directory,
-//! SIGKILL at random moments, and a full disk.
+//! SIGKILL at random moments (40 of them: the store ends no larger than after one clean
+//! build), and a full disk.
 //!
 //! `scripts/test.sh` runs these as root and again as the unprivileged user rbuild-tester.
 
@@ -600,7 +601,7 @@ fn sigkill_at_any_moment_leaves_a_usable_cache() {
         .as_nanos() as u64
         | 1;
     eprintln!("{test}: seed {seed}");
-    for round in 0..30 {
+    for round in 0..40 {
         // xorshift: a delay of 50 ms to 2 s.
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -636,6 +637,27 @@ fn sigkill_at_any_moment_leaves_a_usable_cache() {
         b.leftover_temp_files()
     );
     assert!(common::dir_entries(&b.cache.join("leases")).is_empty());
+    // Nothing of the killed builds stays: the store holds what one clean build leaves.
+    let clean = setup(test, "", &[("a.txt", "x\n")]).unwrap();
+    let clean_df = clean.dir.join("Dockerfile.0");
+    std::fs::write(&clean_df, DET[0]).unwrap();
+    run_cmd(&mut det_cmd(&clean, &clean_df, &[]), None, RBUILD_TIMEOUT).assert_ok("a clean build");
+    let (killed, once) = (stored_bytes(&b.cache), stored_bytes(&clean.cache));
+    assert!(
+        killed <= once,
+        "after 40 SIGKILLs the store holds {killed} bytes of blobs and snapshots, one clean build {once}"
+    );
+}
+
+/// Bytes of the files in a cache's blobs and snapshots.
+fn stored_bytes(cache: &Path) -> u64 {
+    ["blobs", "snapshots"]
+        .iter()
+        .flat_map(|d| walkdir::WalkDir::new(cache.join(d)).into_iter().flatten())
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 #[test]

@@ -24,6 +24,9 @@ macro_rules! cases {
 
 cases! {
     add_extract_formats, add_no_extract, arg_env_scoping, build_arg_override,
+    buildkit_chown_group_only, buildkit_copy_from_keeps_dir_owners, buildkit_copy_parents_pivot,
+    buildkit_duplicate_stage_names, buildkit_env_key_and_arg_name,
+    buildkit_wildcards_partial_and_file_dest, err_copy_from_variable,
     cmd_entrypoint_keep, cmd_entrypoint_reset, copy_chmod_octal, copy_chmod_symbolic,
     copy_chown_names, copy_chown_numeric, copy_dest_rules, copy_dest_through_symlink,
     copy_dir_contents, copy_file, copy_parent_path, copy_wildcards, dockerfile_specific_ignore,

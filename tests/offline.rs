@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use common::build::{
-    busybox, file_content, files_of_tar, oci_archive, skip, tar_of_files, unshare_works,
+    busybox, file_content, files_of_tar, needs, oci_archive, tar_of_files, unshare_works,
     ArchiveLayer, Build, Busybox, RawEntry,
 };
 use common::case::copy_tree;
@@ -188,7 +188,7 @@ fn no_network(test: &str) -> Option<Vec<&'static str>> {
     match unshare_works(&wrapper[1..]) {
         Ok(()) => Some(wrapper),
         Err(why) => {
-            skip(test, &why);
+            needs(test, &why);
             None
         }
     }

@@ -19,7 +19,8 @@ use nix::unistd::Pid;
 
 use common::build::{
     busybox, descendants, file_content, info, info_line, info_with, line_channel, mounts_under,
-    single_id_mode, skip, step_output, still_running, unshare_works, Build, HttpServer, Proc,
+    needs, single_id_mode, skip, step_output, still_running, unshare_works, Build, HttpServer,
+    Proc,
 };
 use common::{dir_entries, is_root, rbuild_bin, rbuild_cmd, require_tools, run_cmd, sha256_hex};
 
@@ -708,7 +709,7 @@ fn chroot_isolation_runs_a_step() {
         return;
     }
     if let Err(why) = unshare_works(&["-Ur"]) {
-        skip(test, &format!("{why} (needs unprivileged user namespaces)"));
+        needs(test, &format!("{why} (needs unprivileged user namespaces)"));
         return;
     }
     let Some(b) = prepared(test, "chroot") else {
@@ -781,7 +782,7 @@ impl SingleId {
                 return None;
             }
             if let Err(why) = unshare_works(&["-U", "--map-current-user"]) {
-                skip(test, &why);
+                needs(test, &why);
                 return None;
             }
             Some(SingleId::Nested)

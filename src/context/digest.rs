@@ -47,7 +47,7 @@ impl BuildContext {
         let mut h = FieldHasher::new("rbuild-sources-v1");
         h.u64("sources", srcs.len() as u64);
         for src in srcs {
-            let matches = self.resolve(src)?;
+            let matches = self.resolve_some(src)?;
             h.u64("matches", matches.len() as u64);
             for m in &matches {
                 h.str("match", &m.rel_path);

@@ -184,6 +184,17 @@ impl BuildContext {
     /// expansion): cleaned, wildcards expanded (matches in path order), symbolic links
     /// followed inside the root, entries excluded by `.dockerignore` left out.
     pub fn resolve(&self, src: &str) -> Result<Vec<SourceMatch>> {
+        let found = self.resolve_some(src)?;
+        if found.is_empty() {
+            bail!("source {src:?}: no files in {} match", self.label);
+        }
+        Ok(found)
+    }
+
+    /// As [`BuildContext::resolve`], but a wildcard that matches nothing gives no match
+    /// rather than an error: `COPY nomatch* one.txt /d/` copies what the other sources
+    /// match, as BuildKit does.
+    pub fn resolve_some(&self, src: &str) -> Result<Vec<SourceMatch>> {
         let trailing_slash = src.ends_with('/');
         let comps = clean_components(src);
         if !comps.iter().any(|c| has_meta(c)) {
@@ -242,9 +253,6 @@ impl BuildContext {
                 Err(Miss::Other(e)) => return Err(e.context(format!("source {src:?}"))),
                 Err(_) => {}
             }
-        }
-        if out.is_empty() {
-            bail!("source {src:?}: no files in {} match", self.label);
         }
         Ok(out)
     }

@@ -8,11 +8,11 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
 
 use super::{archive_blob, archive_bytes, archive_dir, image_blobs};
+use crate::image::oci::{Descriptor, ImageIndex};
 use crate::image::reference::Reference;
-use crate::image::{BuiltImage, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use crate::image::{BuiltImage, MEDIA_TYPE_MANIFEST};
 use crate::snapshot::tar_writer::TarWriter;
 use crate::store::Store;
 
@@ -20,37 +20,31 @@ const LAYOUT_FILE: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// The `index.json` of a layout holding `image` under `names`.
 fn index_json(image: &BuiltImage, names: &[Reference]) -> Result<Vec<u8>> {
-    let descriptor = |annotations: Option<Value>| {
-        let mut d = json!({
-            "mediaType": MEDIA_TYPE_MANIFEST,
-            "digest": image.manifest_digest.to_string(),
-            "size": image.manifest.len(),
-        });
-        if let Some(a) = annotations {
-            d["annotations"] = a;
-        }
-        d
+    let descriptor = || {
+        Descriptor::new(
+            MEDIA_TYPE_MANIFEST,
+            &image.manifest_digest,
+            image.manifest.len() as u64,
+        )
     };
-    let manifests: Vec<Value> = if names.is_empty() {
-        vec![descriptor(None)]
+    let manifests: Vec<Descriptor> = if names.is_empty() {
+        vec![descriptor()]
     } else {
         names
             .iter()
             .map(|n| {
-                let mut a = json!({ "io.containerd.image.name": n.to_string() });
+                let mut d = descriptor();
+                d.annotations
+                    .insert("io.containerd.image.name".into(), n.to_string());
                 if let Some(tag) = &n.tag {
-                    a["org.opencontainers.image.ref.name"] = json!(tag);
+                    d.annotations
+                        .insert("org.opencontainers.image.ref.name".into(), tag.clone());
                 }
-                descriptor(Some(a))
+                d
             })
             .collect()
     };
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_INDEX,
-        "manifests": manifests,
-    });
-    Ok(serde_json::to_vec(&index)?)
+    Ok(serde_json::to_vec(&ImageIndex::new(manifests))?)
 }
 
 /// Streams the layout as a tar archive.
@@ -106,11 +100,13 @@ mod tests {
             layers: Vec::new(),
         };
         let names = vec![Reference::parse("app:1.0").unwrap()];
-        let idx: Value = serde_json::from_slice(&index_json(&image, &names).unwrap()).unwrap();
+        let idx: serde_json::Value =
+            serde_json::from_slice(&index_json(&image, &names).unwrap()).unwrap();
         let a = &idx["manifests"][0]["annotations"];
         assert_eq!(a["org.opencontainers.image.ref.name"], "1.0");
         assert_eq!(a["io.containerd.image.name"], "docker.io/library/app:1.0");
-        let idx: Value = serde_json::from_slice(&index_json(&image, &[]).unwrap()).unwrap();
+        let idx: serde_json::Value =
+            serde_json::from_slice(&index_json(&image, &[]).unwrap()).unwrap();
         assert!(idx["manifests"][0].get("annotations").is_none());
 
         let mut out = Vec::new();

@@ -1,6 +1,7 @@
 //! A built image as the solver hands it to the exporters: config and layers in the store.
 
 pub mod config;
+pub mod oci;
 pub mod reference;
 
 use crate::store::Digest;

@@ -142,12 +142,8 @@ impl Plan {
                     Some(a) => {
                         let a = a.to_lowercase();
                         validate_stage_name(&a).map_err(|e| at_line(inst.span.start, e))?;
-                        if stages.iter().any(|s| s.name.as_deref() == Some(&a)) {
-                            return Err(at_line(
-                                inst.span.start,
-                                format!("duplicate stage name {a:?}"),
-                            ));
-                        }
+                        // A name used twice is allowed (BuildKit warns, and builds): a
+                        // reference means the latest stage of that name before it.
                         Some(a)
                     }
                     None => None,
@@ -324,11 +320,12 @@ fn resolve_stage_ref(stages: &[StagePlan], name: &str) -> Option<usize> {
     find_stage(stages, &name.to_lowercase())
 }
 
+/// The latest of `stages` named `name` (case-insensitive).
 fn find_stage(stages: &[StagePlan], name: &str) -> Option<usize> {
     let name = name.to_lowercase();
     stages
         .iter()
-        .position(|s| s.name.as_deref() == Some(name.as_str()))
+        .rposition(|s| s.name.as_deref() == Some(name.as_str()))
 }
 
 fn validate_stage_name(name: &str) -> Result<(), String> {
@@ -471,8 +468,9 @@ mod tests {
     fn errors_point_at_lines() {
         let e = plan("ENV a=b\nFROM scratch\n", &[], None).unwrap_err();
         assert_eq!(e.downcast_ref::<LineError>().unwrap().line, 1);
-        let e = plan("FROM scratch AS a\nFROM scratch AS a\n", &[], None).unwrap_err();
-        assert_eq!(e.downcast_ref::<LineError>().unwrap().line, 2);
+        // A name used twice builds; references mean the latest one (BuildKit).
+        let p = plan("FROM scratch AS a\nFROM scratch AS a\nFROM a\n", &[], None).unwrap();
+        assert_eq!(p.stages[2].base, Base::Stage(1));
         let e = plan(
             "FROM scratch\nCOPY --from=later a b\nFROM scratch AS later\n",
             &[],

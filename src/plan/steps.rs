@@ -253,7 +253,12 @@ pub fn expand_stage(plan: &Plan, stage: usize, base: &ImageConfig) -> Result<Exp
             (Keyword::Arg, Args::Arg(pairs)) => {
                 check_flags(inst, &[])?;
                 let mut new_values = Vec::new();
-                for (name, default) in pairs {
+                for (raw_name, default) in pairs {
+                    // The name is a word too (`ARG ${NAME}=value`), as in BuildKit.
+                    let name = &word(raw_name)?;
+                    if name.is_empty() {
+                        return Err(err(&format!("ARG {raw_name:?} names no variable")));
+                    }
                     let value = if let Some(v) = plan.options.build_args.get(name) {
                         used_args.insert(name.clone());
                         Some(v.clone())
@@ -276,11 +281,12 @@ pub fn expand_stage(plan: &Plan, stage: usize, base: &ImageConfig) -> Result<Exp
             }
             (Keyword::Env, Args::KeyValues(pairs)) => {
                 check_flags(inst, &[])?;
-                StepKind::Config(ConfigEdit::Env(expand_pairs(pairs, &word, inst, false)?))
+                // Keys are words too (`ENV "KEY"=v` sets KEY), as in BuildKit.
+                StepKind::Config(ConfigEdit::Env(expand_pairs(pairs, &word, inst)?))
             }
             (Keyword::Label, Args::KeyValues(pairs)) => {
                 check_flags(inst, &[])?;
-                StepKind::Config(ConfigEdit::Label(expand_pairs(pairs, &word, inst, true)?))
+                StepKind::Config(ConfigEdit::Label(expand_pairs(pairs, &word, inst)?))
             }
             (Keyword::Maintainer, Args::Text(t)) => {
                 check_flags(inst, &[])?;
@@ -441,11 +447,10 @@ fn expand_pairs(
     pairs: &[(String, String)],
     word: &WordFn<'_>,
     inst: &Instruction,
-    expand_keys: bool,
 ) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (k, v) in pairs {
-        let key = if expand_keys { word(k)? } else { k.clone() };
+        let key = word(k)?;
         if key.is_empty() {
             return Err(at_line(inst.span.start, "empty key"));
         }
@@ -608,7 +613,16 @@ fn copy_step(
                 meta: &plan.meta_args,
                 automatic: &super::automatic_args(&plan.options.platform),
             };
-            let f = expand_word(&f, &meta, plan.escape).map_err(|e| at_line(line, e))?;
+            let raw = f;
+            let f = expand_word(&raw, &meta, plan.escape).map_err(|e| at_line(line, e))?;
+            if f.is_empty() && raw.contains('$') {
+                return Err(at_line(
+                    line,
+                    format!(
+                        "COPY --from={raw}: variable expansion is not supported for --from (only global ARGs, declared before the first FROM, are seen here); define a stage with `FROM ${{NAME}} AS name` from a global ARG and copy --from that stage"
+                    ),
+                ));
+            }
             if f.is_empty() {
                 return Err(at_line(line, "COPY --from requires a stage name or image"));
             }

@@ -13,7 +13,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -192,25 +192,19 @@ fn pump(
             let _ = nix::sys::signal::kill(keeper, nix::sys::signal::Signal::SIGKILL);
             killed = true;
         }
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
         let mut fds = Vec::with_capacity(2);
         if open {
-            fds.push(libc::pollfd {
-                fd: out.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
         }
         if let Some(p) = &pidfd {
-            fds.push(libc::pollfd {
-                fd: p.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = if pidfd.is_some() || open { 100 } else { 5 };
-        // SAFETY: valid pollfd array.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if open && fds[0].revents != 0 {
+        let timeout: u16 = if pidfd.is_some() || open { 100 } else { 5 };
+        let _ = nix::poll::poll(&mut fds, PollTimeout::from(timeout));
+        let out_ready = open && fds[0].revents().is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if out_ready {
             match nix::unistd::read(&out, &mut buf) {
                 Ok(0) => open = false,
                 Ok(k) => output(&buf[..k]),
@@ -349,8 +343,7 @@ fn wait_for(child: Pid) -> i32 {
 
 /// pid 1 of the step: mounts, pivot_root, then runs the command and reaps orphans.
 fn init_main(spec: &RunSpec<'_>, p: &Prepared, out: RawFd, err: &OwnedFd) -> Result<i32> {
-    // SAFETY: plain prctl call.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
     setup_mounts(spec)?;
     nix::unistd::sethostname(spec.hostname).ok();
     if spec.network == Network::None {
@@ -782,18 +775,16 @@ fn loopback_up() -> Result<()> {
 /// seccomp, working directory, exec. Returns only on failure.
 fn exec_command(spec: &RunSpec<'_>, p: &Prepared, out: RawFd) -> anyhow::Error {
     let r = (|| -> Result<std::convert::Infallible> {
-        // SAFETY: fds are valid; /dev/null opened read-only for stdin.
-        unsafe {
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-            if null >= 0 {
-                libc::dup2(null, 0);
-                libc::close(null);
-            }
-            libc::dup2(out, 1);
-            libc::dup2(out, 2);
-            libc::close(out);
-            libc::setsid();
+        if let Ok(null) = fs::File::open("/dev/null") {
+            nix::unistd::dup2_stdin(&null)?;
         }
+        // SAFETY: `out` is the step's output pipe, open until the close below.
+        let pipe = unsafe { std::os::fd::BorrowedFd::borrow_raw(out) };
+        nix::unistd::dup2_stdout(pipe)?;
+        nix::unistd::dup2_stderr(pipe)?;
+        // SAFETY: `out` is owned by this process and not used after this.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(out) });
+        nix::unistd::setsid()?;
         close_inherited_fds();
         reset_signals();
         let u = spec.user;
@@ -815,10 +806,7 @@ fn exec_command(spec: &RunSpec<'_>, p: &Prepared, out: RawFd) -> anyhow::Error {
         let uid = nix::unistd::Uid::from_raw(u.uid);
         nix::unistd::setresuid(uid, uid, uid).map_err(|e| anyhow!("setuid {}: {e}", u.uid))?;
         super::caps::finish_for_user(u.uid, chroot)?;
-        // SAFETY: plain prctl.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            bail!("cannot set no_new_privs");
-        }
+        nix::sys::prctl::set_no_new_privs().context("cannot set no_new_privs")?;
         if let Some(f) = spec.seccomp {
             f.load()?;
         }
@@ -869,27 +857,31 @@ fn close_inherited_fds() {
 /// SIGPIPE, and an ignored signal stays ignored across exec (pipelines like `yes | head`
 /// would never end).
 fn reset_signals() {
-    // SAFETY: plain signal calls on valid signal numbers.
-    unsafe {
-        // Every signal up to SIGRTMAX, real-time ones too (a caller may pass them in
-        // ignored; glibc's wrappers refuse 32 and 33, so the raw syscall is used). An
-        // all-zero kernel sigaction is SIG_DFL with no flags and an empty mask.
-        let dfl = [0usize; 4];
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+    // Every signal up to SIGRTMAX, real-time ones too (a caller may pass them in ignored;
+    // glibc's wrappers and nix's Signal refuse 32 and 33, so the raw syscall is used). An
+    // all-zero kernel sigaction is SIG_DFL with no flags and an empty mask; 32 zero bytes
+    // cover the kernel's struct on every target (20 bytes on 32-bit ones, 32 on 64-bit).
+    let dfl = [0u64; 4];
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: `dfl` is a valid, large enough, zeroed sigaction; no old action is
+            // asked for; 8 is the size of the kernel's signal mask.
+            unsafe {
                 libc::syscall(
                     libc::SYS_rt_sigaction,
                     sig,
                     dfl.as_ptr(),
-                    std::ptr::null::<usize>(),
+                    std::ptr::null::<u64>(),
                     8usize,
                 );
             }
         }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
 }
 
 fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd)> {
@@ -932,5 +924,60 @@ pub fn can_unshare(flags: CloneFlags) -> bool {
         }
         Ok(ForkResult::Parent { child }) => wait_for(child) == 0,
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_decode_like_a_shell() {
+        assert_eq!(decode(0), Outcome::Exited(0));
+        assert_eq!(decode(1), Outcome::Exited(1));
+        assert_eq!(decode(128), Outcome::Exited(128));
+        assert_eq!(decode(137), Outcome::Signaled(9));
+        assert_eq!(decode(128 + 64), Outcome::Signaled(64));
+        assert_eq!(decode(128 + 65), Outcome::Exited(193));
+    }
+
+    #[test]
+    fn mount_points_cover_the_sandbox_and_etc_files() {
+        let points = mount_points(&[("etc/hosts".into(), "x".into())]);
+        assert_eq!(
+            points,
+            vec![
+                ("proc".to_string(), true),
+                ("dev".to_string(), true),
+                ("sys".to_string(), true),
+                ("etc/hosts".to_string(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn open_beneath_makes_what_is_missing_and_refuses_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("etc")).unwrap();
+        let (_, name, _) = open_beneath(t.path(), "etc/hosts", false).unwrap();
+        assert_eq!(name, "hosts");
+        assert!(
+            t.path().join("etc/hosts").is_file(),
+            "a missing file is made"
+        );
+        open_beneath(t.path(), "proc", true).unwrap();
+        assert!(
+            t.path().join("proc").is_dir(),
+            "a missing directory is made"
+        );
+        std::os::unix::fs::symlink("/etc", t.path().join("link")).unwrap();
+        let e = open_beneath(t.path(), "link/passwd", false).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        let e = open_beneath(t.path(), "nothere/x", false).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(
+            open_beneath(t.path(), "/", true).is_err(),
+            "never over the root"
+        );
     }
 }

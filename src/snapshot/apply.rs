@@ -132,8 +132,9 @@ impl Applier<'_> {
                     }
                     None => fs::create_dir(&host)?,
                 }
-                // Writable and searchable until the end of the layer.
-                fs::set_permissions(&host, fs::Permissions::from_mode(0o700 | mode))?;
+                // The owner the layer records (a base image's /home/app is app's), and
+                // writable and searchable until the end of the layer.
+                self.set_meta(&host, uid, gid, Some(0o700 | mode), mtime)?;
                 self.deferred_dirs.push((host.clone(), mode, mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {

@@ -50,9 +50,10 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
     for src in &step.sources {
         match src {
             CopySource::Path(p) => {
-                let found = inp.source.resolve(p)?;
+                let found = inp.source.resolve_some(p)?;
+                let pivot = parents_pivot(p);
                 for m in found {
-                    matches.push(Found::Path(m));
+                    matches.push(Found::Path(m, pivot.clone()));
                 }
             }
             CopySource::Heredoc { name, content } => matches.push(Found::Heredoc(name, content)),
@@ -61,12 +62,19 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
             ),
         }
     }
+    if matches.is_empty() {
+        // Every source was a wildcard that matched nothing (BuildKit's words).
+        bail!("no source files were specified");
+    }
+    // One wildcard matching several files copies each to a destination without a trailing
+    // slash in turn, the last one winning (BuildKit: moby#47064); several sources need a
+    // directory.
     let into_dir = step.dest_is_dir
         || dest.kind == Some(FileKind::Dir)
-        || matches.len() > 1
+        || step.sources.len() > 1
         || matches
             .iter()
-            .any(|m| matches!(m, Found::Path(p) if p.kind == context::EntryKind::Dir));
+            .any(|m| matches!(m, Found::Path(p, _) if p.kind == context::EntryKind::Dir));
 
     if into_dir {
         out.ensure_dir(inp, &dest.rel)?;
@@ -97,14 +105,14 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
                     xattrs: Vec::new(),
                 });
             }
-            Found::Path(m) => match m.kind {
+            Found::Path(m, pivot) => match m.kind {
                 context::EntryKind::Dir => {
                     for e in inp.source.walk(m)? {
                         if excluded(&step.exclude, &e.rel_path)? {
                             continue;
                         }
                         let rel = if step.parents {
-                            join(&m.rel_path, &e.rel_path)
+                            below_pivot(&join(&m.rel_path, &e.rel_path), pivot)
                         } else {
                             e.rel_path.clone()
                         };
@@ -128,8 +136,9 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
                         continue;
                     }
                     let target = if step.parents && into_dir {
-                        out.ensure_parents_below(inp, &dest.rel, &m.rel_path)?;
-                        join(&dest.rel, &m.rel_path)
+                        let kept = below_pivot(&m.rel_path, pivot);
+                        out.ensure_parents_below(inp, &dest.rel, &kept)?;
+                        join(&dest.rel, &kept)
                     } else if into_dir {
                         join(&dest.rel, name)
                     } else {
@@ -163,8 +172,35 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
 }
 
 enum Found<'a> {
-    Path(context::SourceMatch),
+    /// A match, and (for `--parents`) the part of its path before the source's `/./`
+    /// pivot, which the destination does not keep.
+    Path(context::SourceMatch, String),
     Heredoc(&'a str, &'a str),
+}
+
+/// The cleaned path before the first `/./` of a source (`x` in `./x/./y/*`), which
+/// `COPY --parents` leaves out of the destination, as BuildKit's reference documents.
+fn parents_pivot(src: &str) -> String {
+    let src = src.strip_prefix("./").unwrap_or(src);
+    match src.split_once("/./") {
+        Some((before, _)) => before
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect::<Vec<_>>()
+            .join("/"),
+        None => String::new(),
+    }
+}
+
+/// `rel` without the leading `pivot` directories.
+fn below_pivot(rel: &str, pivot: &str) -> String {
+    if pivot.is_empty() {
+        return rel.to_string();
+    }
+    rel.strip_prefix(pivot)
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or(rel)
+        .to_string()
 }
 
 /// Entries keyed by path: the last one for a path wins, directories created on the way are
@@ -407,10 +443,7 @@ fn extract_archive(
         if fs::symlink_metadata(dir.join(&rel)).is_ok() {
             continue; // made on disk (privileged): listed below like any entry
         }
-        let (uid, gid) = match inp.owner {
-            Some(o) => (o.uid, o.gid),
-            None => owners.get(&rel).copied().unwrap_or((0, 0)),
-        };
+        let (uid, gid) = owners.get(&rel).copied().unwrap_or((0, 0));
         out.push(LayerEntry {
             path: join(base, &rel),
             kind,
@@ -431,13 +464,42 @@ fn extract_archive(
             .into_owned();
         let meta = e.path().symlink_metadata()?;
         if let Some(mut entry) = entry_from_disk(&join(base, &rel), e.path(), &meta, step, inp)? {
-            if inp.owner.is_none() {
-                let (uid, gid) = owners.get(&rel).copied().unwrap_or((0, 0));
-                entry.uid = uid;
-                entry.gid = gid;
-            }
+            // The archive's own owners, --chown or not (BuildKit: --chown does not apply
+            // to what an archive holds).
+            let (uid, gid) = owners.get(&rel).copied().unwrap_or((0, 0));
+            entry.uid = uid;
+            entry.gid = gid;
             out.push(entry);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_times_and_excludes() {
+        assert_eq!(join("", "a"), "a");
+        assert_eq!(join("a", ""), "a");
+        assert_eq!(join("a", "b"), "a/b");
+        assert_eq!(parent_of("a/b/c"), Some("a/b"));
+        assert_eq!(parent_of("a"), None);
+        assert_eq!(clamp(10, Some(5)), 5);
+        assert_eq!(clamp(3, Some(5)), 3);
+        assert_eq!(clamp(10, None), 10);
+        assert_eq!(parents_pivot("./x/./y/*"), "x");
+        assert_eq!(parents_pivot("a/b/./c"), "a/b");
+        assert_eq!(parents_pivot("./x/y"), "");
+        assert_eq!(below_pivot("x/y/a.txt", "x"), "y/a.txt");
+        assert_eq!(below_pivot("x/y/a.txt", ""), "x/y/a.txt");
+        let ex = vec!["*.log".to_string(), "/cache".to_string()];
+        assert!(excluded(&ex, "a.log").unwrap());
+        assert!(
+            excluded(&ex, "cache/x/y").unwrap(),
+            "below an excluded directory"
+        );
+        assert!(!excluded(&ex, "src/main.rs").unwrap());
+    }
 }

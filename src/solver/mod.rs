@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
-use serde_json::json;
 
 use crate::context::digest::MapMemo;
 use crate::context::BuildContext;
 use crate::image::config::{History, ImageConfig};
-use crate::image::{BuiltImage, Layer, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST};
+use crate::image::oci::{Descriptor, ImageManifest};
+use crate::image::{BuiltImage, Layer, MEDIA_TYPE_CONFIG};
 use crate::plan::steps::{expand_stage, ConfigEdit, CopyFrom, Step, StepKind, DEFAULT_PATH};
 use crate::plan::{at_line, with_line, Base, Plan, Platform};
 use crate::progress::{Progress, StepHandle};
@@ -628,20 +628,14 @@ fn assemble(inp: &BuildInputs<'_>, target: StageState, created: i64) -> Result<B
         .collect();
     let config = serde_json::to_vec(&cfg).context("cannot serialise the image config")?;
     let config_digest = inp.store.write_blob(&config)?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_MANIFEST,
-        "config": {
-            "mediaType": MEDIA_TYPE_CONFIG,
-            "digest": config_digest.to_string(),
-            "size": config.len(),
-        },
-        "layers": target.layers.iter().map(|l| json!({
-            "mediaType": l.media_type,
-            "digest": l.digest.to_string(),
-            "size": l.size,
-        })).collect::<Vec<_>>(),
-    });
+    let manifest = ImageManifest::new(
+        Descriptor::new(MEDIA_TYPE_CONFIG, &config_digest, config.len() as u64),
+        target
+            .layers
+            .iter()
+            .map(|l| Descriptor::new(&l.media_type, &l.digest, l.size))
+            .collect(),
+    );
     let manifest = serde_json::to_vec(&manifest)?;
     let manifest_digest = inp.store.write_blob(&manifest)?;
     Ok(BuiltImage {

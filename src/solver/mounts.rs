@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 
 use super::rootfs::{resolve_in_root, FileKind, Resolved};
 use crate::cancel::Cancel;
@@ -73,7 +73,7 @@ pub struct PreparedMounts {
     /// the cache index after the step).
     pub caches: Vec<(PathBuf, String)>,
     /// Locks on cache directories, released (closed) when the step is over.
-    _locks: Vec<File>,
+    _locks: Vec<Flock<File>>,
     /// Throwaway directories (copies for writable binds, secrets, private caches),
     /// removed when the step is over.
     _dirs: Vec<tempfile::TempDir>,
@@ -438,41 +438,40 @@ fn copy_context_dir(ctx: &BuildContext, m: &SourceMatch, to: &Path) -> Result<()
 
 /// Locks a cache directory for this step (the lock file sits beside it): shared for
 /// `shared`, exclusive (waiting) for `locked`; for `private`, exclusive if free, else None.
-fn lock_cache(dir: &Path, sharing: Sharing, cancel: &Cancel) -> Result<Option<File>> {
+fn lock_cache(dir: &Path, sharing: Sharing, cancel: &Cancel) -> Result<Option<Flock<File>>> {
     let parent = dir
         .parent()
         .ok_or_else(|| anyhow!("cache mount without a parent"))?;
     fs::create_dir_all(parent)?;
     let mut name = dir.as_os_str().to_os_string();
     name.push(".lock");
-    let file = File::options()
+    let mut file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(PathBuf::from(name))
         .context("cannot open the cache mount's lock")?;
     let op = match sharing {
-        Sharing::Shared => libc::LOCK_SH,
-        Sharing::Locked | Sharing::Private => libc::LOCK_EX,
+        Sharing::Shared => FlockArg::LockSharedNonblock,
+        Sharing::Locked | Sharing::Private => FlockArg::LockExclusiveNonblock,
     };
     // Not blocking in flock: a wait for another build must still end on Ctrl-C.
     loop {
-        // SAFETY: flock on an open descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
-            return Ok(Some(file));
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => {}
-            Some(libc::EWOULDBLOCK) if sharing == Sharing::Private => return Ok(None),
-            Some(libc::EWOULDBLOCK) => {
+        file = match Flock::lock(file, op) {
+            Ok(locked) => return Ok(Some(locked)),
+            Err((f, nix::errno::Errno::EINTR)) => f,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if sharing == Sharing::Private => {
+                return Ok(None)
+            }
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
                 if cancel.requested() {
                     bail!("cancelled while waiting for another build to release the cache");
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
+                f
             }
-            _ => return Err(e).context("cannot lock the cache mount"),
-        }
+            Err((_, e)) => return Err(e).context("cannot lock the cache mount"),
+        };
     }
 }
 
@@ -537,24 +536,52 @@ fn create_cache(
     fs::set_permissions(&made, fs::Permissions::from_mode(mode))?;
     // Never over a cache another build made meanwhile (rename would replace an empty one
     // that build may be using): theirs is as good.
-    let (from_c, to_c) = (path_cstring(&made)?, path_cstring(dir)?);
-    // SAFETY: two NUL-terminated paths.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 || dir.is_dir() {
+    let renamed = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        made.as_path(),
+        nix::fcntl::AT_FDCWD,
+        dir,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    );
+    if renamed.is_ok() || dir.is_dir() {
         return Ok(());
     }
-    Err(std::io::Error::last_os_error()).context("cannot create the cache mount")
+    renamed.context("cannot create the cache mount")?;
+    Ok(())
 }
 
-fn path_cstring(p: &Path) -> Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("NUL in {}", p.display()))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_locks_are_shared_or_give_way() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("cache");
+        let a = lock_cache(&dir, Sharing::Shared, &Cancel).unwrap();
+        let b = lock_cache(&dir, Sharing::Shared, &Cancel).unwrap();
+        assert!(a.is_some() && b.is_some(), "shared users hold it at once");
+        assert!(
+            lock_cache(&dir, Sharing::Private, &Cancel)
+                .unwrap()
+                .is_none(),
+            "a private user gives way to users of the cache"
+        );
+        drop((a, b));
+        let only = lock_cache(&dir, Sharing::Private, &Cancel).unwrap();
+        assert!(only.is_some(), "free again once the others let go");
+        assert!(lock_cache(&dir, Sharing::Private, &Cancel)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn mount_points_are_made_and_never_through_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        make_mount_points(t.path(), &[("a/b".into(), true), ("c/f".into(), false)]).unwrap();
+        assert!(t.path().join("a/b").is_dir());
+        assert!(t.path().join("c/f").is_file());
+        std::os::unix::fs::symlink("/", t.path().join("out")).unwrap();
+        assert!(make_mount_points(t.path(), &[("out/x".into(), true)]).is_err());
+    }
 }

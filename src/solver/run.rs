@@ -299,3 +299,51 @@ fn etc_files(network: Network) -> Vec<(String, String)> {
         ("resolv.conf".to_string(), resolv),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_on_the_steps_path_inside_its_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("usr/bin")).unwrap();
+        fs::create_dir_all(t.path().join("bin")).unwrap();
+        fs::write(t.path().join("usr/bin/tool"), b"").unwrap();
+        fs::set_permissions(
+            t.path().join("usr/bin/tool"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        fs::write(t.path().join("bin/data"), b"").unwrap();
+        let argv = |s: &str| vec![s.to_string()];
+        let env = vec!["PATH=/bin:/usr/bin".to_string()];
+        assert_eq!(
+            find_program(t.path(), &argv("tool"), &env).unwrap(),
+            "/usr/bin/tool"
+        );
+        // Not executable, not there: the error Docker gives.
+        let e = find_program(t.path(), &argv("data"), &env).unwrap_err();
+        assert!(
+            e.to_string().contains("executable file not found in $PATH"),
+            "{e}"
+        );
+        assert_eq!(find_program(t.path(), &argv("./x"), &env).unwrap(), "./x");
+        assert!(find_program(t.path(), &[], &env).is_err());
+    }
+
+    #[test]
+    fn etc_files_and_command_display() {
+        let none = etc_files(Network::None);
+        let names: Vec<&str> = none.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["hosts", "hostname", "resolv.conf"]);
+        assert_eq!(none[1].1, format!("{HOSTNAME}\n"));
+        assert!(none[2].1.is_empty(), "no resolver without a network");
+        assert!(none[0].1.contains("127.0.0.1\tlocalhost"));
+        assert_eq!(
+            show_command(&["sh".into(), "-c".into(), "x \"y\"".into()]),
+            r#""sh -c x \"y\"""#
+        );
+    }
+}

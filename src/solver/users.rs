@@ -68,10 +68,12 @@ pub fn resolve_owner(spec: &str, passwd: Option<&str>, group: Option<&str>) -> R
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    if user.is_empty() {
+    if user.is_empty() && grp.is_none_or(str::is_empty) {
         return Err(anyhow!("invalid user {spec:?}"));
     }
     let users = passwd.map(parse_passwd).unwrap_or_default();
+    // `:GROUP` alone is root with that group, as BuildKit reads it.
+    let user = if user.is_empty() { "0" } else { user };
     let (uid, primary) = match user.parse::<u32>() {
         Ok(uid) => (uid, None),
         Err(_) => {
@@ -235,6 +237,10 @@ mod tests {
         assert_eq!(r("42").unwrap(), Owner { uid: 42, gid: 42 });
         assert_eq!(r("42:7").unwrap(), Owner { uid: 42, gid: 7 });
         assert_eq!(r("0:extra").unwrap(), Owner { uid: 0, gid: 2000 });
+        // A group alone is root with that group (BuildKit).
+        assert_eq!(r(":2000").unwrap(), Owner { uid: 0, gid: 2000 });
+        assert_eq!(r(":extra").unwrap(), Owner { uid: 0, gid: 2000 });
+        assert!(r(":").is_err() && r("").is_err());
         assert!(r("nobody")
             .unwrap_err()
             .to_string()

@@ -10,11 +10,12 @@ use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::image::{manifest_kind, open_stored, ManifestKind};
+use crate::image::oci::{Descriptor, ImageManifest};
 use crate::image::reference::Reference;
-use crate::image::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST};
+use crate::image::MEDIA_TYPE_CONFIG;
 use crate::plan::Platform;
 use crate::snapshot::compression::{decompressing_reader, Compression};
 use crate::store::{Digest, HashingWriter, Store};
@@ -371,16 +372,12 @@ fn docker_images(
                 Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
                 other => bail!("layer {p} is compressed with {other:?}, which images cannot use"),
             };
-            layers.push(
-                json!({ "mediaType": media_type, "digest": digest.to_string(), "size": size }),
-            );
+            layers.push(Descriptor::new(media_type, &digest, size));
         }
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": MEDIA_TYPE_MANIFEST,
-            "config": { "mediaType": MEDIA_TYPE_CONFIG, "digest": config_digest.to_string(), "size": config_size },
-            "layers": layers,
-        });
+        let manifest = ImageManifest::new(
+            Descriptor::new(MEDIA_TYPE_CONFIG, &config_digest, config_size),
+            layers,
+        );
         let digest = store.write_blob(&serde_json::to_vec(&manifest)?)?;
         let tags: Vec<String> = item
             .get("RepoTags")

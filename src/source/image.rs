@@ -1,10 +1,11 @@
 //! Images whose blobs are in the store: manifests and indexes read back, the host's
 //! platform picked from an index, and the result handed to the solver as a base.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::image::config::ImageConfig;
+use crate::image::oci::ImageManifest;
 use crate::image::Layer;
 use crate::plan::Platform;
 use crate::source::index::{parse_index, select_platform};
@@ -99,11 +100,10 @@ fn open_manifest(store: &Store, name: &str, digest: &Digest) -> Result<BaseImage
     if manifest_kind(&doc)? != ManifestKind::Manifest {
         bail!("image {name}: nested image indexes are not supported");
     }
-    let config_digest: Digest = doc
-        .pointer("/config/digest")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("image {name}: manifest without a config"))?
-        .parse()?;
+    let manifest: ImageManifest = serde_json::from_value(doc).with_context(|| {
+        format!("image {name}: manifest {digest} is not valid (its config and layer descriptors)")
+    })?;
+    let config_digest = manifest.config.digest()?;
     let config_bytes = store
         .read_blob(&config_digest)
         .with_context(|| format!("image {name}: config is missing"))?;
@@ -111,54 +111,38 @@ fn open_manifest(store: &Store, name: &str, digest: &Digest) -> Result<BaseImage
         name,
         "config",
         &config_digest,
-        doc.pointer("/config/size"),
+        manifest.config.size,
         config_bytes.len() as u64,
     )?;
     let config: ImageConfig = serde_json::from_slice(&config_bytes).with_context(|| {
         format!("image {name}: config {config_digest} is not a valid image config")
     })?;
-    let layer_docs = doc
-        .get("layers")
-        .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("image {name}: manifest without layers"))?;
-    if layer_docs.len() != config.rootfs.diff_ids.len() {
+    if manifest.layers.len() != config.rootfs.diff_ids.len() {
         bail!(
             "image {name}: the manifest has {} layers but the config {} diff ids",
-            layer_docs.len(),
+            manifest.layers.len(),
             config.rootfs.diff_ids.len()
         );
     }
     let mut layers = Vec::new();
-    for (l, diff_id) in layer_docs.iter().zip(&config.rootfs.diff_ids) {
-        let media_type = l
-            .get("mediaType")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if media_type.contains("foreign") || media_type.contains("nondistributable") {
+    for (l, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        if l.media_type.contains("foreign") || l.media_type.contains("nondistributable") {
             bail!("image {name}: foreign (non-distributable) layers are not supported");
         }
-        let mut layer = Layer {
-            digest: l
-                .get("digest")
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow!("image {name}: layer without a digest"))?
-                .parse()?,
-            diff_id: diff_id.parse()?,
-            size: 0,
-            media_type: oci_layer_media_type(media_type),
-        };
-        if !store.has_blob(&layer.digest) {
-            bail!(
-                "image {name} is incomplete in the store: layer {} is missing",
-                layer.digest
-            );
+        let digest = l.digest()?;
+        if !store.has_blob(&digest) {
+            bail!("image {name} is incomplete in the store: layer {digest} is missing");
         }
-        let on_disk = std::fs::metadata(store.blob_path(&layer.digest))
-            .with_context(|| format!("image {name}: layer {}", layer.digest))?
+        let on_disk = std::fs::metadata(store.blob_path(&digest))
+            .with_context(|| format!("image {name}: layer {digest}"))?
             .len();
-        check_size(name, "layer", &layer.digest, l.get("size"), on_disk)?;
-        layer.size = on_disk;
-        layers.push(layer);
+        check_size(name, "layer", &digest, l.size, on_disk)?;
+        layers.push(Layer {
+            digest,
+            diff_id: diff_id.parse()?,
+            size: on_disk,
+            media_type: oci_layer_media_type(&l.media_type),
+        });
     }
     Ok(BaseImage {
         name: name.to_string(),
@@ -168,24 +152,14 @@ fn open_manifest(store: &Store, name: &str, digest: &Digest) -> Result<BaseImage
     })
 }
 
-/// Checks a descriptor's `size` (a JSON number) against the blob's real size.
-fn check_size(
-    name: &str,
-    what: &str,
-    digest: &Digest,
-    declared: Option<&Value>,
-    actual: u64,
-) -> Result<()> {
-    match declared.and_then(Value::as_u64) {
-        Some(size) if size == actual => Ok(()),
-        Some(size) => bail!(
-            "image {name}: the {what} {digest} is {actual} bytes, but its descriptor says {size}"
-        ),
-        None => bail!(
-            "image {name}: the {what} {digest} has no valid size in its descriptor ({})",
-            declared.map_or("missing".to_string(), Value::to_string)
-        ),
+/// Checks a descriptor's size against the blob's real size.
+fn check_size(name: &str, what: &str, digest: &Digest, declared: u64, actual: u64) -> Result<()> {
+    if declared != actual {
+        bail!(
+            "image {name}: the {what} {digest} is {actual} bytes, but its descriptor says {declared}"
+        );
     }
+    Ok(())
 }
 
 #[cfg(test)]

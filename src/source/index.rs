@@ -5,45 +5,14 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::plan::platform::Platform;
-use crate::store::Digest;
 
-/// A content descriptor: an index entry, a manifest's config or layer.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    pub media_type: String,
-    pub digest: String,
-    pub size: u64,
-    #[serde(default)]
-    pub platform: Option<PlatformSpec>,
-}
+pub(crate) use crate::image::oci::{Descriptor, PlatformSpec};
 
-impl Descriptor {
-    /// The digest, parsed.
-    pub fn digest(&self) -> Result<Digest> {
-        self.digest
-            .parse()
-            .with_context(|| format!("bad descriptor digest {:?}", self.digest))
-    }
-}
-
-/// The `platform` of an index entry.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct PlatformSpec {
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-}
-
-impl PlatformSpec {
-    fn display(&self) -> String {
-        match &self.variant {
-            Some(v) if !v.is_empty() => format!("{}/{}/{v}", self.os, self.architecture),
-            _ => format!("{}/{}", self.os, self.architecture),
-        }
+/// `os/arch[/variant]`, for messages.
+fn display(p: &PlatformSpec) -> String {
+    match &p.variant {
+        Some(v) if !v.is_empty() => format!("{}/{}/{v}", p.os, p.architecture),
+        _ => format!("{}/{}", p.os, p.architecture),
     }
 }
 
@@ -135,7 +104,7 @@ pub(crate) fn select_platform<'a>(
         .iter()
         .filter_map(|d| d.platform.as_ref())
         .filter(|p| p.os != "unknown" && p.architecture != "unknown")
-        .map(PlatformSpec::display)
+        .map(display)
         .collect();
     offered.dedup();
     let offered = if offered.is_empty() {

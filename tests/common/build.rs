@@ -506,10 +506,19 @@ pub fn unshare_works(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Skips a test for an environment reason: prints `skipping: REASON (TEST)`. Unlike a
-/// missing tool this is not a failure in CI: the machine may not allow what is needed.
+/// Skips a test for a reason its setup calls for (the unprivileged user has no sub-ids,
+/// a root-only mount): prints `skipping: REASON (TEST)`.
 pub fn skip(test: &str, reason: &str) {
     eprintln!("skipping: {reason} ({test})");
+}
+
+/// Skips a test whose real path needs what the CI machines provide (unprivileged user
+/// namespaces): under `CI=true` that is a failure, never a pass.
+pub fn needs(test: &str, reason: &str) {
+    if super::in_ci() {
+        panic!("{test}: {reason} (CI=true, so this is a failure)");
+    }
+    skip(test, reason);
 }
 
 // ------------------------------------------------------------------- a loopback server

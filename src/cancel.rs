@@ -2,12 +2,14 @@
 //! stops promptly and still cleans up (kills the running step, unmounts, removes its
 //! temporary directories).
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::{bail, Result};
 
 /// The signal that asked the build to stop (0: none yet).
 static REQUESTED: AtomicI32 = AtomicI32::new(0);
+/// A stage failed: the others stop too.
+static ABORTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     REQUESTED.store(sig, Ordering::SeqCst);
@@ -32,9 +34,15 @@ impl Cancel {
         Cancel
     }
 
-    /// True once a signal asked the build to stop.
+    /// True once a signal asked the build to stop, or a stage failed.
     pub fn requested(&self) -> bool {
-        self.signal().is_some()
+        self.signal().is_some() || ABORTED.load(Ordering::SeqCst)
+    }
+
+    /// Stops the rest of the build: a stage failed, so the others running beside it end
+    /// (their steps are killed as on a signal; the exit code stays the failure's).
+    pub fn abort(&self) {
+        ABORTED.store(true, Ordering::SeqCst);
     }
 
     /// The signal that asked the build to stop, if one did.

@@ -160,6 +160,9 @@ pub struct BuildArgs {
         hide_possible_values = true
     )]
     pub snapshotter: Snapshotter,
+    /// How many independent stages run at once (default: the number of CPUs, at least 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
     /// The build context: a directory, or `-` for a tar stream on stdin.
     #[arg(value_name = "CONTEXT")]
     pub context: String,
@@ -724,6 +727,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         images: &resolver,
         run: run_env.as_ref(),
         cache: &cache_options,
+        jobs: args.jobs.map_or_else(default_jobs, |j| j as usize),
     })
     .map_err(fail)?;
     if !output.unused_build_args.is_empty() {
@@ -900,6 +904,14 @@ fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String,
             Ok((BuildContext::from_dir(dir, Some(&path))?, name, bytes))
         }
     }
+}
+
+/// Stages run at once by default: the number of CPUs, and at least 4 (a stage often waits
+/// on a network or a disk rather than a CPU).
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(4)
 }
 
 /// Reads a Dockerfile, refusing one larger than the parser takes (`-f /dev/zero` must not

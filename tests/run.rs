@@ -1475,3 +1475,88 @@ fn device_nodes_made_in_a_step_do_not_open() {
         "the devices rbuild binds still work"
     );
 }
+
+#[test]
+fn independent_stages_run_at_once_and_a_failure_stops_the_others() {
+    let test = "independent_stages_run_at_once_and_a_failure_stops_the_others";
+    let Some(b) = prepared(test, "forms") else {
+        return;
+    };
+    // Three independent stages of one 3-second step each, and a final stage copying from
+    // all three: the three steps overlap (each starts before any ends), whatever order
+    // they finish in.
+    let mut df = String::new();
+    for s in ["a", "b", "c"] {
+        df.push_str(&format!(
+            "FROM busybox AS {s}\nRUN sleep 3 && echo {s} > /{s}\n"
+        ));
+    }
+    df.push_str("FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\nCOPY --from=c /c /c\n");
+    std::fs::write(&b.dockerfile, &df).unwrap();
+    let built = b.build_ok(&args(&["--no-cache"]));
+    let err = built.ran.stderr_text();
+    let lines: Vec<&str> = err.lines().collect();
+    let id_of = |stage: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("[{stage} 1/1] RUN")))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_else(|| panic!("no step of stage {stage}: {err}"))
+            .to_string()
+    };
+    let at = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?}: {err}"))
+    };
+    let ids: Vec<String> = ["a", "b", "c"].iter().map(|s| id_of(s)).collect();
+    let last_start = ids.iter().map(|id| at(&format!("{id} ["))).max().unwrap();
+    let first_end = ids
+        .iter()
+        .map(|id| at(&format!("{id} DONE")))
+        .min()
+        .unwrap();
+    assert!(
+        last_start < first_end,
+        "the three stages did not overlap:\n{err}"
+    );
+    let fs = built.fs();
+    for s in ["a", "b", "c"] {
+        assert_eq!(
+            file_content(&fs, &format!("/{s}")).as_deref(),
+            Some(format!("{s}\n").as_str())
+        );
+    }
+    // With --jobs 1 they run one after another.
+    let one = b.build(&args(&["--no-cache", "--jobs", "1"]));
+    one.assert_ok("--jobs 1");
+    let err1 = one.stderr_text();
+    let pos = |pat: &str| err1.find(pat).unwrap_or_else(|| panic!("{pat}: {err1}"));
+    assert!(
+        pos("[b 1/1] RUN") > pos("#1 DONE"),
+        "--jobs 1 overlapped:\n{err1}"
+    );
+
+    // A failing stage stops one still running beside it, promptly and cleanly.
+    std::fs::write(
+        &b.dockerfile,
+        "FROM busybox AS slow\nRUN sleep 60\nFROM busybox AS bad\nRUN sleep 1 && exit 3\nFROM busybox\nCOPY --from=slow / /s\nCOPY --from=bad / /b\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let ran = b.build(&args(&["--no-cache"]));
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the slow stage was not stopped: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        ran.stderr_text().contains("exit code: 3") || ran.stderr_text().contains("code 3"),
+        "the failure reported is the failing stage's: {}",
+        ran.summary()
+    );
+    assert!(b.leftover_temp_files().is_empty(), "temp files left");
+    assert!(mounts_under(&b.cache).is_empty(), "mounts left");
+}

@@ -139,8 +139,10 @@ pub fn run(spec: &RunSpec<'_>, cancel: &Cancel, mut output: impl FnMut(&[u8])) -
     // The step's init is re-parented to rbuild if its keeper dies first (cancellation),
     // so rbuild can reap it rather than leave a zombie.
     nix::sys::prctl::set_child_subreaper(true).context("cannot become a subreaper")?;
-    // SAFETY: rbuild runs no other threads while a step runs; the child only performs
-    // the sandbox setup and exits or execs.
+    // SAFETY: other threads may be running (stages run at once). The child only performs
+    // the sandbox setup and exits or execs: it uses the memory allocator (which glibc's
+    // fork leaves usable), system calls and nix's wrappers, never a lock another thread
+    // may hold (stdio, the environment); everything else was prepared before the fork.
     let keeper = match unsafe { fork() }.context("cannot fork")? {
         ForkResult::Child => {
             drop(out_r);

@@ -124,8 +124,10 @@ pub fn mount_overlay(
         });
     }
     opts.push_str(",userxattr");
-    // The relative names resolve against the working directory, for this call only (the
-    // build has no other thread while it mounts).
+    // The relative names resolve against the working directory, for this call only; the
+    // directory is the process's, so stages mounting at once take turns.
+    static CWD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _cwd = CWD.lock().unwrap_or_else(|e| e.into_inner());
     // O_PATH: a working directory that may be searched but not read is fine.
     let back = nix::fcntl::open(
         ".",

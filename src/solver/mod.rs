@@ -10,6 +10,7 @@ pub mod run;
 pub mod users;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
@@ -53,6 +54,8 @@ pub struct BuildInputs<'a> {
     pub run: Option<&'a RunEnvironment>,
     /// Which steps the cache may answer.
     pub cache: &'a CacheOptions,
+    /// How many stages may run at once (`--jobs`; at least 1).
+    pub jobs: usize,
 }
 
 impl BuildInputs<'_> {
@@ -87,141 +90,256 @@ impl StageState {
     }
 }
 
-/// Builds the plan's target stage and stores the resulting image.
+/// A stage's state once other stages may read it (its filesystem is materialised on
+/// first use, under the lock).
+type SharedState = Arc<Mutex<StageState>>;
+
+/// What the stages of one build share while they run.
+struct Shared {
+    /// Finished stages, by index.
+    done: BTreeMap<usize, SharedState>,
+    /// Stages started (running or finished).
+    started: BTreeSet<usize>,
+    /// The first failure; the other stages are then cancelled.
+    failure: Option<anyhow::Error>,
+    /// Build args some stage used.
+    used_args: BTreeSet<String>,
+}
+
+/// What every stage of the build reads and writes besides its own state.
+struct BuildShared<'s> {
+    scratch: &'s std::path::Path,
+    now: i64,
+    created: i64,
+    images: Mutex<BTreeMap<String, SharedState>>,
+    memo: Mutex<MapMemo>,
+}
+
+/// Builds the plan's target stage and stores the resulting image. Stages whose
+/// dependencies are built run at once, up to `inp.jobs` of them; the first failure
+/// cancels the others (their steps are killed, their mounts and temp dirs removed).
 pub fn build(inp: &BuildInputs<'_>) -> Result<BuildOutput> {
     let plan = inp.plan;
     let now = unix_now();
     let created = inp.epoch.unwrap_or(now);
-    let scratch = inp.store.temp_dir("build-")?;
-    let scratch = ScratchDir(scratch);
-    let mut states: BTreeMap<usize, StageState> = BTreeMap::new();
-    let mut images: BTreeMap<String, StageState> = BTreeMap::new();
-    let mut used_args = BTreeSet::new();
-    let mut memo = MapMemo::new(inp.store.file_digests().unwrap_or_default());
-
-    for &index in &plan.order {
-        let sp = &plan.stages[index];
-        if let Some(p) = &sp.platform {
-            let wanted = Platform::parse(p).map_err(|e| at_line(sp.line, e))?;
-            if !wanted.matches_host() {
-                return Err(at_line(
-                    sp.line,
-                    format!(
-                        "FROM --platform={wanted}: only the host platform ({}) can be built",
-                        Platform::host()
-                    ),
-                ));
-            }
+    let scratch = ScratchDir(inp.store.temp_dir("build-")?);
+    let bs = BuildShared {
+        scratch: scratch.path(),
+        now,
+        created,
+        images: Mutex::new(BTreeMap::new()),
+        memo: Mutex::new(MapMemo::new(inp.store.file_digests().unwrap_or_default())),
+    };
+    let shared = Mutex::new(Shared {
+        done: BTreeMap::new(),
+        started: BTreeSet::new(),
+        failure: None,
+        used_args: BTreeSet::new(),
+    });
+    let wake = Condvar::new();
+    let workers = inp.jobs.clamp(1, plan.order.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| worker(inp, &bs, &shared, &wake));
         }
-        let mut state = match &sp.base {
-            Base::Scratch => StageState {
-                config: scratch_config(&plan.options.platform),
-                layers: Vec::new(),
-                rootfs: None,
-            },
-            Base::Stage(i) => {
-                let base = states
-                    .get(i)
-                    .ok_or_else(|| anyhow!("stage {i} was not built"))?;
-                StageState {
-                    config: base.config.clone(),
-                    layers: base.layers.clone(),
-                    rootfs: None,
-                }
-            }
-            Base::Image(r) => {
-                let base = inp.images.image(r).map_err(|e| at_line(sp.line, e))?;
-                StageState {
-                    config: base.config,
-                    layers: base.layers,
-                    rootfs: None,
-                }
-            }
-        };
-        let expanded = expand_stage(plan, index, &state.config)?;
-        // The base's ONBUILD triggers became this stage's first steps; they are not inherited.
-        state.config.config.on_build.clear();
-        used_args.extend(expanded.used_args.iter().cloned());
-        let total = expanded.steps.len();
-        // A metadata step is CACHED when the stage's layer steps so far were (and there
-        // was one).
-        let mut all_cached = false;
-        for (n, step) in expanded.steps.iter().enumerate() {
-            crate::cancel::Cancel.check()?;
-            let handle = inp.progress.start(format!(
-                "[{} {}/{}] {}",
-                sp.label(),
-                n + 1,
-                total,
-                step.text
-            ));
-            let mut others = Others {
-                stages: &mut states,
-                images: &mut images,
-            };
-            let mut ctx = StepContext {
-                inp,
-                others: &mut others,
-                scratch: scratch.path(),
-                now,
-                handle: &handle,
-                memo: &mut memo,
-            };
-            let result = cached_or_run(&mut ctx, &mut state, index, step)
-                .map_err(|e| with_line(step.line, e));
-            let (layer, cached) = match result {
-                Ok((layer, cached)) => {
-                    let cached = match step.kind {
-                        StepKind::Config(_) => all_cached,
-                        _ => {
-                            all_cached = cached;
-                            cached
-                        }
-                    };
-                    (layer, cached)
-                }
-                Err(e) => {
-                    inp.progress.failed(handle);
-                    save_memo(inp.store, &memo);
-                    return Err(e);
-                }
-            };
-            state.config.history.push(History {
-                created: Some(rfc3339(created)),
-                created_by: Some(step.text.clone()),
-                comment: Some("rbuild.dockerfile.v0".into()),
-                empty_layer: layer.is_none(),
-            });
-            if let Some(layer) = layer {
-                state.config.rootfs.diff_ids.push(layer.diff_id.to_string());
-                state.layers.push(layer);
-            }
-            inp.progress.done(handle, cached);
-        }
-        states.insert(index, state);
-        // Free the filesystems of stages nothing later reads.
-        let later: BTreeSet<usize> = plan
-            .order
-            .iter()
-            .filter(|&&s| s > index)
-            .flat_map(|&s| plan.stages[s].deps.iter().copied())
-            .collect();
-        for (i, st) in states.iter_mut() {
-            if !later.contains(i) && *i != plan.target {
-                st.rootfs = None;
-            }
-        }
+    });
+    save_memo(inp.store, &lock(&bs.memo));
+    let mut shared = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = shared.failure.take() {
+        return Err(e);
     }
-
-    save_memo(inp.store, &memo);
-    let target = states
+    let target = shared
+        .done
         .remove(&plan.target)
         .ok_or_else(|| anyhow!("target stage was not built"))?;
+    let used_args = std::mem::take(&mut shared.used_args);
+    drop(shared);
+    let target = Arc::try_unwrap(target)
+        .map_err(|_| anyhow!("the target stage is still in use"))?
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     let image = assemble(inp, target, created)?;
     Ok(BuildOutput {
         image,
         unused_build_args: plan.unused_build_args(&used_args),
     })
+}
+
+/// Locks a mutex, whatever a panicking holder left.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One worker: runs stages whose dependencies are done, in plan order, until every stage
+/// is done or one failed. It stays until then (fuse-overlayfs daemons it started die with
+/// it, and later stages may read the filesystems they serve).
+fn worker(inp: &BuildInputs<'_>, bs: &BuildShared<'_>, shared: &Mutex<Shared>, wake: &Condvar) {
+    // Expansion is bounded per thread (see `expand::set_budget`).
+    crate::dockerfile::expand::set_budget(crate::dockerfile::expand::MAX_TOTAL);
+    let plan = inp.plan;
+    let mut g = lock(shared);
+    loop {
+        if g.failure.is_some() || g.done.len() == plan.order.len() {
+            wake.notify_all();
+            return;
+        }
+        let ready = plan.order.iter().copied().find(|i| {
+            !g.started.contains(i) && plan.stages[*i].deps.iter().all(|d| g.done.contains_key(d))
+        });
+        let Some(index) = ready else {
+            g = wake.wait(g).unwrap_or_else(|e| e.into_inner());
+            continue;
+        };
+        g.started.insert(index);
+        let deps: BTreeMap<usize, SharedState> = plan.stages[index]
+            .deps
+            .iter()
+            .filter_map(|d| g.done.get(d).map(|st| (*d, Arc::clone(st))))
+            .collect();
+        drop(g);
+        let outcome = run_stage(inp, bs, index, &deps);
+        g = lock(shared);
+        match outcome {
+            Ok((state, used)) => {
+                g.used_args.extend(used);
+                g.done.insert(index, Arc::new(Mutex::new(state)));
+                free_unread_roots(plan, &g);
+            }
+            Err(e) => {
+                if g.failure.is_none() {
+                    g.failure = Some(e);
+                    // The stages still running stop at once.
+                    crate::cancel::Cancel.abort();
+                }
+            }
+        }
+        wake.notify_all();
+    }
+}
+
+/// Drops the filesystems of finished stages that no unfinished stage reads.
+fn free_unread_roots(plan: &Plan, g: &Shared) {
+    let later: BTreeSet<usize> = plan
+        .order
+        .iter()
+        .filter(|s| !g.done.contains_key(s))
+        .flat_map(|&s| plan.stages[s].deps.iter().copied())
+        .collect();
+    for (i, st) in &g.done {
+        if !later.contains(i) && *i != plan.target {
+            if let Ok(mut st) = st.try_lock() {
+                st.rootfs = None;
+            }
+        }
+    }
+}
+
+/// Runs one stage on top of its base; `deps` are the finished stages it reads.
+fn run_stage(
+    inp: &BuildInputs<'_>,
+    bs: &BuildShared<'_>,
+    index: usize,
+    deps: &BTreeMap<usize, SharedState>,
+) -> Result<(StageState, BTreeSet<String>)> {
+    let plan = inp.plan;
+    let sp = &plan.stages[index];
+    if let Some(p) = &sp.platform {
+        let wanted = Platform::parse(p).map_err(|e| at_line(sp.line, e))?;
+        if !wanted.matches_host() {
+            return Err(at_line(
+                sp.line,
+                format!(
+                    "FROM --platform={wanted}: only the host platform ({}) can be built",
+                    Platform::host()
+                ),
+            ));
+        }
+    }
+    let mut state = match &sp.base {
+        Base::Scratch => StageState {
+            config: scratch_config(&plan.options.platform),
+            layers: Vec::new(),
+            rootfs: None,
+        },
+        Base::Stage(i) => {
+            let base = deps
+                .get(i)
+                .ok_or_else(|| anyhow!("stage {i} was not built"))?;
+            let base = lock(base);
+            StageState {
+                config: base.config.clone(),
+                layers: base.layers.clone(),
+                rootfs: None,
+            }
+        }
+        Base::Image(r) => {
+            let base = inp.images.image(r).map_err(|e| at_line(sp.line, e))?;
+            StageState {
+                config: base.config,
+                layers: base.layers,
+                rootfs: None,
+            }
+        }
+    };
+    let expanded = expand_stage(plan, index, &state.config)?;
+    // The base's ONBUILD triggers became this stage's first steps; they are not inherited.
+    state.config.config.on_build.clear();
+    let total = expanded.steps.len();
+    // A metadata step is CACHED when the stage's layer steps so far were (and there
+    // was one).
+    let mut all_cached = false;
+    let others = Others {
+        stages: deps,
+        images: &bs.images,
+    };
+    for (n, step) in expanded.steps.iter().enumerate() {
+        crate::cancel::Cancel.check()?;
+        let handle = inp.progress.start(format!(
+            "[{} {}/{}] {}",
+            sp.label(),
+            n + 1,
+            total,
+            step.text
+        ));
+        let mut ctx = StepContext {
+            inp,
+            others: &others,
+            scratch: bs.scratch,
+            now: bs.now,
+            handle: &handle,
+            memo: &bs.memo,
+        };
+        let result =
+            cached_or_run(&mut ctx, &mut state, index, step).map_err(|e| with_line(step.line, e));
+        let (layer, cached) = match result {
+            Ok((layer, cached)) => {
+                let cached = match step.kind {
+                    StepKind::Config(_) => all_cached,
+                    _ => {
+                        all_cached = cached;
+                        cached
+                    }
+                };
+                (layer, cached)
+            }
+            Err(e) => {
+                inp.progress.failed(handle);
+                return Err(e);
+            }
+        };
+        state.config.history.push(History {
+            created: Some(rfc3339(bs.created)),
+            created_by: Some(step.text.clone()),
+            comment: Some("rbuild.dockerfile.v0".into()),
+            empty_layer: layer.is_none(),
+        });
+        if let Some(layer) = layer {
+            state.config.rootfs.diff_ids.push(layer.diff_id.to_string());
+            state.layers.push(layer);
+        }
+        inp.progress.done(handle, cached);
+    }
+    Ok((state, expanded.used_args))
 }
 
 /// A scratch directory removed (even when read-only trees were unpacked into it) on drop.
@@ -241,31 +359,35 @@ impl Drop for ScratchDir {
 
 /// The filesystems a step can copy from besides its own stage's.
 struct Others<'s> {
-    stages: &'s mut BTreeMap<usize, StageState>,
-    images: &'s mut BTreeMap<String, StageState>,
+    /// The finished stages this stage reads.
+    stages: &'s BTreeMap<usize, SharedState>,
+    /// Images named by `COPY --from` and mounts, resolved on first use.
+    images: &'s Mutex<BTreeMap<String, SharedState>>,
 }
 
 /// What a COPY --from or a RUN mount reads, besides the build context.
 enum FromRoot {
     /// A directory given with `--build-context NAME=DIR` (its `.dockerignore` applies).
     Dir(std::path::PathBuf),
-    /// The root filesystem of a stage or an image, materialised.
-    Filesystem(std::path::PathBuf),
+    /// The root filesystem of a stage or an image, materialised, and its state.
+    Filesystem(std::path::PathBuf, SharedState),
 }
 
 /// Finds what `from` names: None for the build context; a stage's or image's filesystem
 /// (resolving and materialising the image if needed); a named context directory.
 fn from_root(
     inp: &BuildInputs<'_>,
-    others: &mut Others<'_>,
+    others: &Others<'_>,
     from: &CopyFrom,
 ) -> Result<Option<FromRoot>> {
     let st = match from {
         CopyFrom::Context => return Ok(None),
-        CopyFrom::Stage(i) => others
-            .stages
-            .get_mut(i)
-            .ok_or_else(|| anyhow!("stage {i} was not built"))?,
+        CopyFrom::Stage(i) => Arc::clone(
+            others
+                .stages
+                .get(i)
+                .ok_or_else(|| anyhow!("stage {i} was not built"))?,
+        ),
         CopyFrom::Image(r) => {
             if let Some(dir) = inp.images.local_dir(r) {
                 return Ok(Some(FromRoot::Dir(dir.to_path_buf())));
@@ -273,39 +395,38 @@ fn from_root(
             image_state(inp, others.images, r)?
         }
     };
-    Ok(Some(FromRoot::Filesystem(
-        st.rootfs(inp.store, inp.root_kind())?.to_path_buf(),
-    )))
+    let root = lock(&st).rootfs(inp.store, inp.root_kind())?.to_path_buf();
+    Ok(Some(FromRoot::Filesystem(root, st)))
 }
 
 /// The state of image `r` (resolved, not materialised), resolving it on first use.
-fn image_state<'s>(
+fn image_state(
     inp: &BuildInputs<'_>,
-    images: &'s mut BTreeMap<String, StageState>,
+    images: &Mutex<BTreeMap<String, SharedState>>,
     r: &str,
-) -> Result<&'s mut StageState> {
-    if !images.contains_key(r) {
-        let base = inp.images.image(r)?;
-        let st = StageState {
-            config: base.config,
-            layers: base.layers,
-            rootfs: None,
-        };
-        images.insert(r.to_string(), st);
+) -> Result<SharedState> {
+    let mut images = lock(images);
+    if let Some(st) = images.get(r) {
+        return Ok(Arc::clone(st));
     }
-    images
-        .get_mut(r)
-        .ok_or_else(|| anyhow!("image {r} was not resolved"))
+    let base = inp.images.image(r)?;
+    let st = Arc::new(Mutex::new(StageState {
+        config: base.config,
+        layers: base.layers,
+        rootfs: None,
+    }));
+    images.insert(r.to_string(), Arc::clone(&st));
+    Ok(st)
 }
 
 /// What a step runs with besides its stage.
 struct StepContext<'c, 'a, 's> {
     inp: &'c BuildInputs<'a>,
-    others: &'c mut Others<'s>,
+    others: &'c Others<'s>,
     scratch: &'c std::path::Path,
     now: i64,
     handle: &'c StepHandle,
-    memo: &'c mut MapMemo,
+    memo: &'c Mutex<MapMemo>,
 }
 
 /// Answers a step from the cache, or runs it and records its result. Returns the layer
@@ -364,23 +485,28 @@ fn step_key_for(
         parent: &state.layers,
         config: &state.config,
     };
-    let others = &mut *ctx.others;
-    let memo = &mut *ctx.memo;
+    let others = ctx.others;
+    let memo = ctx.memo;
     let mut input = |from: &CopyFrom, paths: &[String]| -> Result<String> {
         Ok(match from {
-            CopyFrom::Context => inp.context.digest_sources(paths, memo)?.to_string(),
+            CopyFrom::Context => inp
+                .context
+                .digest_sources(paths, &mut *lock(memo))?
+                .to_string(),
             CopyFrom::Stage(i) => chain_id(
-                &others
-                    .stages
-                    .get(i)
-                    .ok_or_else(|| anyhow!("stage {i} was not built"))?
-                    .layers,
+                &lock(
+                    others
+                        .stages
+                        .get(i)
+                        .ok_or_else(|| anyhow!("stage {i} was not built"))?,
+                )
+                .layers,
             ),
             CopyFrom::Image(r) => match inp.images.local_dir(r) {
                 Some(dir) => BuildContext::from_dir(dir, None)?
-                    .digest_sources(paths, memo)?
+                    .digest_sources(paths, &mut *lock(memo))?
                     .to_string(),
-                None => chain_id(&image_state(inp, others.images, r)?.layers),
+                None => chain_id(&lock(&*image_state(inp, others.images, r)?).layers),
             },
         })
     };
@@ -396,7 +522,7 @@ fn save_memo(store: &Store, memo: &MapMemo) {
 /// Runs one step; returns the layer it made, if any.
 fn run_step(
     inp: &BuildInputs<'_>,
-    others: &mut Others<'_>,
+    others: &Others<'_>,
     state: &mut StageState,
     kind: &StepKind,
     scratch: &std::path::Path,
@@ -442,20 +568,20 @@ fn run_step(
                 None => None,
             };
             let stage_view;
+            let from_state;
+            let from_guard;
             let (source, preserve_owner) = match from_root(inp, others, &c.from)? {
                 None => (inp.context, None),
                 Some(FromRoot::Dir(dir)) => {
                     stage_view = BuildContext::from_dir(&dir, None)?;
                     (&stage_view, None)
                 }
-                Some(FromRoot::Filesystem(root)) => {
+                Some(FromRoot::Filesystem(root, st)) => {
                     stage_view = BuildContext::unfiltered(&root)?;
-                    let rootfs = match &c.from {
-                        CopyFrom::Stage(i) => others.stages.get(i),
-                        CopyFrom::Image(r) => others.images.get(r),
-                        CopyFrom::Context => None,
-                    };
-                    (&stage_view, rootfs.and_then(|st| st.rootfs.as_ref()))
+                    // Held while copying: the owners it records, and no one frees it.
+                    from_state = st;
+                    from_guard = lock(&from_state);
+                    (&stage_view, from_guard.rootfs.as_ref())
                 }
             };
             let entries = copy_entries(
@@ -501,7 +627,7 @@ fn run_step(
                         Some(FromRoot::Dir(d)) => {
                             MountFrom::Named(BuildContext::from_dir(&d, None)?)
                         }
-                        Some(FromRoot::Filesystem(d)) => MountFrom::Root(d),
+                        Some(FromRoot::Filesystem(d, _)) => MountFrom::Root(d),
                     }),
                 });
             }

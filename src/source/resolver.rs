@@ -88,7 +88,7 @@ impl NamedContext {
 }
 
 /// Pulls an image from its registry into the store and returns its manifest digest.
-pub trait Puller {
+pub trait Puller: Sync {
     /// Fetches `reference` (normalised, with tag or digest) for `platform`.
     fn pull(&self, reference: &Reference, platform: &Platform, store: &Store) -> Result<Digest>;
 }

@@ -29,7 +29,7 @@ SINGLE_USER=rbuild-single
 PACKAGES=(
     skopeo umoci podman uidmap busybox-static jq
     tar gzip xz-utils zstd bzip2 file make gcc libc6-dev
-    docker-registry apache2-utils openssl iproute2 util-linux fuse-overlayfs
+    docker-registry apache2-utils openssl iproute2 util-linux fuse-overlayfs git
 )
 
 log() { printf '\n==> %s\n' "$*" >&2; }

@@ -134,6 +134,47 @@ pub enum CopySource {
     },
     /// An `http(s)://` URL (ADD only).
     Url(String),
+    /// A git repository (ADD only): its URL, the ref after `#` (branch, tag or commit;
+    /// None: the default branch) and the subdirectory after `:` in the fragment.
+    Git {
+        /// The repository, without the fragment.
+        url: String,
+        /// Branch, tag or commit.
+        reference: Option<String>,
+        /// Only this directory of the repository.
+        subdir: Option<String>,
+    },
+}
+
+/// Whether an ADD source names a git repository, as BuildKit decides: `git://`,
+/// `git@host:`, `ssh://`, or `http(s)://` ending in `.git` (before any `#fragment`).
+pub fn is_git_url(s: &str) -> bool {
+    let base = s.split('#').next().unwrap_or(s);
+    s.starts_with("git://")
+        || s.starts_with("git@")
+        || s.starts_with("ssh://")
+        || ((s.starts_with("http://") || s.starts_with("https://"))
+            && base.trim_end_matches('/').ends_with(".git"))
+}
+
+/// Splits `URL#REF:SUBDIR` into a git source.
+fn git_source(s: &str) -> CopySource {
+    let (url, fragment) = match s.split_once('#') {
+        Some((u, f)) => (u.to_string(), Some(f)),
+        None => (s.to_string(), None),
+    };
+    let (reference, subdir) = match fragment {
+        None => (None, None),
+        Some(f) => match f.split_once(':') {
+            Some((r, d)) => (Some(r.to_string()), Some(d.to_string())),
+            None => (Some(f.to_string()), None),
+        },
+    };
+    CopySource::Git {
+        url,
+        reference: reference.filter(|r| !r.is_empty()),
+        subdir: subdir.filter(|d| !d.is_empty()),
+    }
 }
 
 /// A COPY or ADD, fully expanded.
@@ -157,6 +198,8 @@ pub struct CopyStep {
     pub exclude: Vec<String>,
     /// `--parents`: keep the sources' parent directories below the destination.
     pub parents: bool,
+    /// `ADD --keep-git-dir`: a git source keeps its `.git` directory.
+    pub keep_git_dir: bool,
 }
 
 /// A RUN, fully prepared for the sandbox.
@@ -653,14 +696,18 @@ fn copy_step(
         if s.is_empty() {
             return Err(at_line(line, "empty source path"));
         }
-        if s.starts_with("http://") || s.starts_with("https://") {
+        if is_git_url(&s) || s.starts_with("http://") || s.starts_with("https://") {
             if !is_add {
                 return Err(at_line(
                     line,
                     format!("COPY does not support URLs ({s}); use ADD"),
                 ));
             }
-            out_sources.push(CopySource::Url(s));
+            out_sources.push(if is_git_url(&s) {
+                git_source(&s)
+            } else {
+                CopySource::Url(s)
+            });
         } else {
             out_sources.push(CopySource::Path(s));
         }
@@ -709,6 +756,18 @@ fn copy_step(
         Some("" | "true") => true,
         Some(v) => return Err(at_line(line, format!("invalid --parents value {v:?}"))),
     };
+    let keep_git_dir = match flag_value(inst, "keep-git-dir").as_deref() {
+        None | Some("false") => false,
+        Some("" | "true") => true,
+        Some(v) => return Err(at_line(line, format!("invalid --keep-git-dir value {v:?}"))),
+    };
+    if keep_git_dir
+        && !out_sources
+            .iter()
+            .any(|s| matches!(s, CopySource::Git { .. }))
+    {
+        return Err(at_line(line, "ADD --keep-git-dir needs a git source"));
+    }
     if is_add {
         if let Some(c) = flag_value(inst, "checksum") {
             if !out_sources.iter().all(|s| matches!(s, CopySource::Url(_))) {
@@ -729,6 +788,7 @@ fn copy_step(
         chmod,
         exclude,
         parents,
+        keep_git_dir,
     })
 }
 

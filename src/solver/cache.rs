@@ -91,7 +91,8 @@ pub fn step_key(
                     CopySource::Heredoc { name, content } => {
                         h.str("heredoc", name).str("content", content);
                     }
-                    CopySource::Url(_) => return Ok(None),
+                    // What a URL or a repository holds is only known by fetching it.
+                    CopySource::Url(_) | CopySource::Git { .. } => return Ok(None),
                 }
             }
             let chmod = c.chmod.as_ref().map(|m| format!("{m:?}"));
@@ -183,6 +184,7 @@ mod tests {
             chmod: None,
             exclude: Vec::new(),
             parents: false,
+            keep_git_dir: false,
         })
     }
 

@@ -60,6 +60,27 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
             CopySource::Url(u) => bail!(
                 "ADD {u}: fetching URLs needs the network support of the image sources, which this build of rbuild does not have yet"
             ),
+            CopySource::Git {
+                url,
+                reference,
+                subdir,
+            } => {
+                let into = tempfile::Builder::new()
+                    .prefix("git-")
+                    .tempdir_in(inp.scratch)?
+                    .keep()
+                    .join("repo");
+                let root = crate::source::git::fetch(
+                    url,
+                    reference.as_deref(),
+                    subdir.as_deref(),
+                    step.keep_git_dir,
+                    &into,
+                )?;
+                let view = BuildContext::unfiltered(&root)?;
+                let top = view.resolve(".")?.remove(0);
+                matches.push(Found::Repo(view, top));
+            }
         }
     }
     if matches.is_empty() {
@@ -72,9 +93,11 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
     let into_dir = step.dest_is_dir
         || dest.kind == Some(FileKind::Dir)
         || step.sources.len() > 1
-        || matches
-            .iter()
-            .any(|m| matches!(m, Found::Path(p, _) if p.kind == context::EntryKind::Dir));
+        || matches.iter().any(|m| match m {
+            Found::Path(p, _) => p.kind == context::EntryKind::Dir,
+            Found::Repo(..) => true,
+            Found::Heredoc(..) => false,
+        });
 
     if into_dir {
         out.ensure_dir(inp, &dest.rel)?;
@@ -104,6 +127,20 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
                     mtime: clamp(inp.now, inp.epoch),
                     xattrs: Vec::new(),
                 });
+            }
+            Found::Repo(view, top) => {
+                // The repository's content, into the destination directory.
+                for e in view.walk(top)? {
+                    if excluded(&step.exclude, &e.rel_path)? {
+                        continue;
+                    }
+                    let path = join(&dest.rel, &e.rel_path);
+                    if let Some(entry) =
+                        entry_from_disk(&path, &e.host_path, &e.metadata, step, inp)?
+                    {
+                        out.push(entry);
+                    }
+                }
             }
             Found::Path(m, pivot) => match m.kind {
                 context::EntryKind::Dir => {
@@ -176,6 +213,8 @@ enum Found<'a> {
     /// pivot, which the destination does not keep.
     Path(context::SourceMatch, String),
     Heredoc(&'a str, &'a str),
+    /// A git repository fetched for ADD (or the directory of it asked for).
+    Repo(BuildContext, context::SourceMatch),
 }
 
 /// The cleaned path before the first `/./` of a source (`x` in `./x/./y/*`), which

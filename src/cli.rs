@@ -39,6 +39,13 @@ pub const EXIT_BUILD_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
 const EXAMPLES: &str = "\
+Commands (each takes --help):
+  rbuild [build] [OPTIONS] CONTEXT   build an image (the default command)
+  rbuild image load|ls|rm            images in the store (air-gapped machines load them)
+  rbuild du | prune | cache check    what the cache holds; make it smaller; check it
+  rbuild info                        what rbuild found on this machine and will use
+  rbuild version | help              this program's version; this text
+
 Examples:
   rbuild -f Dockerfile -o type=oci,dest=out.tar .        OCI image layout tarball
   rbuild build -t app:1.0 -o type=docker,dest=app.tar .  docker-archive for `docker load`
@@ -46,6 +53,17 @@ Examples:
   rbuild -o type=local,dest=rootfs/ --target build .      final filesystem of a stage
   tar -c . | rbuild -o type=tar,dest=- - > fs.tar         context and output through pipes
   SOURCE_DATE_EPOCH=0 rbuild -o type=oci,dest=a.tar .     reproducible output";
+
+/// `--network` of a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkMode {
+    /// The host's network (as buildx's default for rootless builds).
+    Default,
+    /// The host's network.
+    Host,
+    /// An isolated loopback only.
+    None,
+}
 
 /// Build an image from a Dockerfile and a context (`rbuild [build] [OPTIONS] CONTEXT`).
 #[derive(Debug, Parser)]
@@ -108,7 +126,8 @@ pub struct BuildArgs {
     pub quiet: bool,
     /// When to pull base images: missing (default; no network when the store has them),
     /// always (`--pull` alone), never.
-    #[arg(long, value_name = "POLICY", num_args = 0..=1, default_value = "missing", default_missing_value = "always")]
+    #[arg(long, value_name = "POLICY", num_args = 0..=1, require_equals = true,
+          default_value = "missing", default_missing_value = "always")]
     pub pull: String,
     /// Extra named context `NAME=VALUE`: `docker-image://REF`, `oci-layout://DIR[:TAG|@DIGEST]`
     /// or a directory; `FROM NAME` and `COPY --from=NAME` use it. Repeatable.
@@ -160,6 +179,10 @@ pub struct BuildArgs {
         hide_possible_values = true
     )]
     pub snapshotter: Snapshotter,
+    /// The network of RUN steps without a `--network` of their own: default (the host's),
+    /// host, or none (an isolated loopback).
+    #[arg(long, value_name = "MODE", value_enum, default_value = "default")]
+    pub network: NetworkMode,
     /// How many independent stages run at once (default: the number of CPUs, at least 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
@@ -181,6 +204,16 @@ pub fn main_with_args(mut argv: Vec<OsString>) -> i32 {
     }
     if argv.get(1).is_some_and(|a| a == "info") {
         return info::main(argv);
+    }
+    // `rbuild help` and `rbuild version`, as `--help` and `--version`.
+    if argv.len() == 2 {
+        if let Some(flag) = argv[1].to_str().and_then(|a| match a {
+            "help" => Some("--help"),
+            "version" => Some("--version"),
+            _ => None,
+        }) {
+            argv[1] = flag.into();
+        }
     }
     if argv.get(1).is_some_and(|a| a == "build") {
         argv.remove(1);
@@ -664,7 +697,8 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     let gc_policy = args.gc.policy(&store).map_err(build_failed)?;
     let progress = Progress::new(mode);
 
-    // Context and Dockerfile.
+    // Context and Dockerfile: naming ones that do not exist is a usage error.
+    check_inputs_exist(args).map_err(usage)?;
     let (context, df_name, df_bytes) = load_inputs(args, &store).map_err(build_failed)?;
     let fail = |e: anyhow::Error| Failure::Build(e, df_name.clone(), Some(df_bytes.clone()));
     let df: Dockerfile = dockerfile::parse(&df_bytes).map_err(|e| {
@@ -683,6 +717,10 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
             build_args,
             target: args.target.clone(),
             platform,
+            default_network: match args.network {
+                NetworkMode::Default | NetworkMode::Host => None,
+                NetworkMode::None => Some("none".into()),
+            },
         },
     )
     .map_err(fail)?;
@@ -858,6 +896,26 @@ fn describe(o: &OutputSpec) -> String {
 }
 
 /// Reads the context and the Dockerfile named by the arguments.
+/// The context directory and the `-f` file (or the context's `Dockerfile`) exist.
+fn check_inputs_exist(args: &BuildArgs) -> Result<()> {
+    if args.context == "-" {
+        return Ok(());
+    }
+    let dir = Path::new(&args.context);
+    if !dir.is_dir() {
+        bail!("context {:?} is not a directory", args.context);
+    }
+    match args.file.as_deref() {
+        Some("-") => Ok(()),
+        Some(f) if !Path::new(f).exists() => bail!("Dockerfile {f:?} does not exist"),
+        None if !dir.join("Dockerfile").exists() => bail!(
+            "no Dockerfile in the context {:?} (name one with -f)",
+            args.context
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String, Vec<u8>)> {
     if args.context == "-" {
         let ctx = BuildContext::from_tar(

@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +12,9 @@ pub enum Mode {
     Plain,
     /// The running step redrawn in place, finished steps kept.
     Tty,
+    /// One JSON document per line in buildx's `rawjson` shape (`vertexes`, `logs`), for
+    /// tools that read it.
+    RawJson,
     /// Nothing.
     Quiet,
 }
@@ -25,7 +28,8 @@ impl Mode {
             } else {
                 Mode::Plain
             }),
-            "plain" | "rawjson" => Some(Mode::Plain),
+            "plain" => Some(Mode::Plain),
+            "rawjson" => Some(Mode::RawJson),
             "tty" => Some(Mode::Tty),
             "quiet" => Some(Mode::Quiet),
             _ => None,
@@ -38,6 +42,8 @@ impl Mode {
 pub struct StepHandle {
     id: usize,
     started: Instant,
+    /// When it started, for rawjson.
+    started_at: SystemTime,
     title: String,
 }
 
@@ -72,13 +78,19 @@ impl Progress {
                 eprint!("\r\x1b[K => {}", printable(&title));
                 let _ = std::io::stderr().flush();
             }
+            Mode::RawJson => {}
             Mode::Quiet => {}
         }
-        StepHandle {
+        let step = StepHandle {
             id,
             started: Instant::now(),
+            started_at: SystemTime::now(),
             title,
+        };
+        if self.mode == Mode::RawJson {
+            raw_vertex(&step, None);
         }
+        step
     }
 
     /// A line of output belonging to a step.
@@ -86,6 +98,7 @@ impl Progress {
         match self.mode {
             Mode::Plain => eprintln!("#{} {:.3} {line}", step.id, secs(step.started.elapsed())),
             Mode::Tty => eprintln!("\r\x1b[K   {line}"),
+            Mode::RawJson => raw_log(step, line),
             Mode::Quiet => {}
         }
     }
@@ -98,6 +111,7 @@ impl Progress {
             Mode::Plain => eprintln!("#{} DONE {took:.1}s", step.id),
             Mode::Tty if cached => eprintln!("\r\x1b[K => CACHED {}", printable(&step.title)),
             Mode::Tty => eprintln!("\r\x1b[K => {} {took:.1}s", printable(&step.title)),
+            Mode::RawJson => raw_vertex(&step, Some((cached, None))),
             Mode::Quiet => {}
         }
     }
@@ -111,14 +125,22 @@ impl Progress {
                 secs(step.started.elapsed())
             ),
             Mode::Tty => eprintln!("\r\x1b[K => ERROR {}", printable(&step.title)),
+            Mode::RawJson => raw_vertex(&step, Some((false, Some("failed")))),
             Mode::Quiet => {}
         }
     }
 
     /// A note outside any step (warnings, the final summary).
     pub fn note(&self, text: &str) {
-        if self.mode != Mode::Quiet {
-            eprintln!("{}", printable(text));
+        match self.mode {
+            Mode::Quiet => {}
+            // Warnings, as buildx's rawjson carries them; nothing else but JSON.
+            Mode::RawJson => {
+                if let Some(w) = text.strip_prefix("warning: ") {
+                    eprintln!("{}", serde_json::json!({ "warnings": [{ "short": w }] }));
+                }
+            }
+            _ => eprintln!("{}", printable(text)),
         }
     }
 
@@ -126,6 +148,76 @@ impl Progress {
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
+}
+
+/// A step's vertex digest in rawjson: stable for the step within the build.
+fn vertex_digest(step: &StepHandle) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{}\0{}", step.id, step.title).as_bytes());
+    format!("sha256:{}", hex::encode(h))
+}
+
+/// RFC 3339 with nanoseconds, as buildx writes times.
+fn nanos_rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = rfc3339(d.as_secs() as i64);
+    format!("{}.{:09}Z", secs.trim_end_matches('Z'), d.subsec_nanos())
+}
+
+/// A rawjson vertex line: started, or (`end`) completed, cached or failed.
+fn raw_vertex(step: &StepHandle, end: Option<(bool, Option<&str>)>) {
+    let mut v = serde_json::json!({
+        "digest": vertex_digest(step),
+        "name": step.title,
+        "started": nanos_rfc3339(step.started_at),
+    });
+    if let Some((cached, error)) = end {
+        v["completed"] = nanos_rfc3339(SystemTime::now()).into();
+        if cached {
+            v["cached"] = true.into();
+        }
+        if let Some(e) = error {
+            v["error"] = e.into();
+        }
+    }
+    eprintln!("{}", serde_json::json!({ "vertexes": [v] }));
+}
+
+/// A rawjson log line of a step's output (base64, stream 1, as buildx's).
+fn raw_log(step: &StepHandle, line: &str) {
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD.encode(format!("{line}\n"));
+    eprintln!(
+        "{}",
+        serde_json::json!({ "logs": [{
+            "vertex": vertex_digest(step),
+            "stream": 1,
+            "data": data,
+            "timestamp": nanos_rfc3339(SystemTime::now()),
+        }] })
+    );
+}
+
+/// Formats seconds since the epoch as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// `text` with its control characters escaped (`\x1b`, `\u{9b}`; newlines and tabs
@@ -166,6 +258,7 @@ mod tests {
         assert_eq!(Mode::parse("quiet"), Some(Mode::Quiet));
         assert_eq!(Mode::parse("tty"), Some(Mode::Tty));
         assert!(Mode::parse("auto").is_some());
+        assert_eq!(Mode::parse("rawjson"), Some(Mode::RawJson));
         assert_eq!(Mode::parse("fancy"), None);
     }
 

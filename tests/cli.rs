@@ -543,6 +543,8 @@ fn usage_errors_exit_2() {
         &["--label", "novalue", &ctx_s],
         &["--build-arg", "=x", &ctx_s],
         &["--build-arg", "", &ctx_s],
+        &["/nonexistent-rbuild-context"],
+        &["-f", "/nonexistent-rbuild/Dockerfile", &ctx_s],
         &[
             "-o",
             "type=oci,dest=same",
@@ -760,4 +762,99 @@ fn cache_dir_defaults() {
         home.join(".cache/rbuild").is_dir(),
         "~/.cache/rbuild was not used"
     );
+}
+
+#[test]
+fn pull_alone_is_a_switch() {
+    // `--pull .` must not take the context as the policy (buildx's --pull is a switch);
+    // --pull=POLICY stays the explicit form.
+    let dir = TestDir::new("pull-switch");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let cache = dir.join("cache");
+    let cache_s = cache.to_string_lossy().into_owned();
+    for pull in [
+        &["--pull"][..],
+        &["--pull=never"][..],
+        &["--pull=always"][..],
+    ] {
+        let mut args = vec!["build", "--cache-dir", &cache_s];
+        args.extend_from_slice(pull);
+        args.push(&ctx_s);
+        let ran = rbuild(dir.path(), &args, None);
+        assert_eq!(ran.code, 0, "rbuild {args:?}: {}", ran.summary());
+    }
+    let ran = rbuild(dir.path(), &["build", "--pull=sometimes", &ctx_s], None);
+    assert_eq!(ran.code, 2, "{}", ran.summary());
+}
+
+#[test]
+fn rawjson_progress_is_one_json_document_per_line() {
+    let dir = TestDir::new("rawjson");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let cache = dir.join("cache").to_string_lossy().into_owned();
+    let ran = rbuild(
+        dir.path(),
+        &["build", "--cache-dir", &cache, "--progress=rawjson", &ctx_s],
+        None,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.summary());
+    let mut completed = 0;
+    for line in ran.stderr_text().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        for vx in v["vertexes"].as_array().into_iter().flatten() {
+            assert!(
+                vx["digest"].as_str().unwrap().starts_with("sha256:"),
+                "{vx}"
+            );
+            assert!(vx["name"].is_string() && vx["started"].is_string(), "{vx}");
+            if vx["completed"].is_string() {
+                completed += 1;
+            }
+        }
+    }
+    assert!(
+        completed >= 3,
+        "every step completes: {}",
+        ran.stderr_text()
+    );
+}
+
+#[test]
+fn help_and_version_words_and_every_subcommand_help() {
+    let dir = TestDir::new("help");
+    let help = rbuild(dir.path(), &["help"], None);
+    assert_eq!(help.code, 0, "{}", help.summary());
+    for word in ["rbuild image load", "rbuild info", "rbuild du"] {
+        assert!(
+            help.stdout_text().contains(word),
+            "help lacks {word}: {}",
+            help.stdout_text()
+        );
+    }
+    let version = rbuild(dir.path(), &["version"], None);
+    assert_eq!(version.code, 0, "{}", version.summary());
+    assert!(
+        version.stdout_text().starts_with("rbuild "),
+        "{}",
+        version.stdout_text()
+    );
+    for cmd in [
+        &["build", "--help"][..],
+        &["image", "--help"][..],
+        &["image", "ls", "--help"][..],
+        &["du", "--help"][..],
+        &["prune", "--help"][..],
+        &["cache", "--help"][..],
+        &["info", "--help"][..],
+    ] {
+        let ran = rbuild(dir.path(), cmd, None);
+        assert_eq!(ran.code, 0, "rbuild {cmd:?}: {}", ran.summary());
+        let mut bad = cmd[..cmd.len() - 1].to_vec();
+        bad.push("--bogus-flag");
+        let ran = rbuild(dir.path(), &bad, None);
+        assert_eq!(ran.code, 2, "rbuild {bad:?}: {}", ran.summary());
+    }
 }

@@ -386,6 +386,29 @@ fn run_network_none_cannot_reach_the_host() {
         ["lo"],
         "--network=none has only loopback: {dev}"
     );
+    // The build's --network=none is every RUN's default (RUN --network=default too).
+    std::fs::write(
+        &b.dockerfile,
+        "FROM busybox\nARG PORT\nRUN wget -q -O /out \"http://127.0.0.1:$PORT/\" || true\nRUN --network=default cat /proc/net/dev > /net-dev\n",
+    )
+    .unwrap();
+    let fs = b
+        .build_ok(&args(&["--build-arg", &port, "--network", "none"]))
+        .fs();
+    assert!(!file_content(&fs, "/out")
+        .unwrap_or_default()
+        .contains("reachable"));
+    assert_eq!(
+        server.hits(),
+        0,
+        "the server was reached under --network none"
+    );
+    let dev = file_content(&fs, "/net-dev").expect("/net-dev written");
+    assert_eq!(
+        dev.lines().count(),
+        3,
+        "only loopback under --network none: {dev}"
+    );
 }
 
 #[test]
@@ -1559,4 +1582,26 @@ fn independent_stages_run_at_once_and_a_failure_stops_the_others() {
     );
     assert!(b.leftover_temp_files().is_empty(), "temp files left");
     assert!(mounts_under(&b.cache).is_empty(), "mounts left");
+}
+
+#[test]
+fn root_of_a_one_id_user_namespace_is_single_id() {
+    // `unshare -Ur`: rbuild is root, but only one id is mapped, so chown to others fails;
+    // rbuild info must say so rather than "none needed".
+    let test = "root_of_a_one_id_user_namespace_is_single_id";
+    if !require_tools(test, &["unshare"]) {
+        return;
+    }
+    if let Err(why) = unshare_works(&["-Ur"]) {
+        needs(test, &why);
+        return;
+    }
+    let mut cmd = Command::new("unshare");
+    cmd.arg("-Ur").arg(rbuild_bin()).arg("info");
+    let text = info_with(&mut cmd);
+    let line = info_line(&text, "id mapping:").expect("an id mapping line");
+    assert!(
+        line.contains("single id only") && line.contains("maps one id"),
+        "{line}"
+    );
 }

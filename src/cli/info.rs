@@ -82,7 +82,12 @@ fn run(cache_dir: Option<PathBuf>) -> Result<()> {
         println!("  fix: {b}");
     }
     let mapping = if root {
-        "none needed: rbuild runs as root (every other isolation is kept)".to_string()
+        match crate::sandbox::userns::root_mapping() {
+            Mapping::SingleId { reason } => format!(
+                "single id only: files can belong to root only and RUN-time chown to other ids fails, because {reason}; map more ids (unshare --map-users/--map-groups, or run rbuild as a user with sub-id ranges)"
+            ),
+            _ => "none needed: rbuild runs as root (every other isolation is kept)".to_string(),
+        }
     } else if !userns {
         "impossible: no user namespace can be created (see the fixes above; in Kubernetes use `hostUsers: false`)".to_string()
     } else {

@@ -67,6 +67,8 @@ pub struct PlanOptions {
     pub target: Option<String>,
     /// The platform being built (the host's).
     pub platform: Platform,
+    /// `--network`: the network of RUN steps without one of their own (None: the host's).
+    pub default_network: Option<String>,
 }
 
 /// A whole build: the stages and the order to build the needed ones in.
@@ -263,6 +265,15 @@ impl Plan {
                             inst.span.start,
                             format!("{what}={from}: a stage can only read from an earlier stage"),
                         ));
+                    } else if let Some(close) = closest_stage(&stages, &from) {
+                        // A bare name one or two letters from a stage's is a typo, not an
+                        // image to fetch.
+                        return Err(at_line(
+                            inst.span.start,
+                            format!(
+                                "{what}={from}: there is no stage named {from:?}; did you mean {close:?}? (to use the image, name it in full: docker.io/library/{from})"
+                            ),
+                        ));
                     }
                 }
             }
@@ -318,6 +329,50 @@ fn resolve_stage_ref(stages: &[StagePlan], name: &str) -> Option<usize> {
         return (i < stages.len()).then_some(i);
     }
     find_stage(stages, &name.to_lowercase())
+}
+
+/// The stage name `name` is most likely a typo of: a bare name (no registry, tag or
+/// digest) of four letters or more, one edit from a stage's (two from a name of six
+/// letters or more), and not one itself. (`COPY --from` only: `FROM python` beside a
+/// stage `python3` is an image.)
+fn closest_stage(stages: &[StagePlan], name: &str) -> Option<String> {
+    if name.contains(['/', ':', '@', '.']) || name.chars().count() < 4 {
+        return None;
+    }
+    let name = name.to_lowercase();
+    let limit = if name.chars().count() >= 6 { 2 } else { 1 };
+    stages
+        .iter()
+        .filter_map(|s| s.name.as_deref())
+        .filter(|s| *s != name)
+        .map(|s| (edit_distance(s, &name), s))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, s)| s.to_string())
+}
+
+/// Edits between two short strings: insertions, deletions, substitutions and swaps of
+/// two neighbours (`biuld` is one edit from `build`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// The latest of `stages` named `name` (case-insensitive).
@@ -412,6 +467,7 @@ mod tests {
                     .collect(),
                 target: target.map(Into::into),
                 platform: Platform::host(),
+                default_network: None,
             },
         )
     }
@@ -462,6 +518,34 @@ mod tests {
         assert_eq!(p.stages[1].base, Base::Image("busybox".into()));
         let e = plan("ARG X\nFROM $X\n", &[], None).unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_stage_name_typo_is_not_an_image() {
+        let e = plan(
+            "FROM scratch AS build\nFROM scratch\nCOPY --from=biuld /x /x\n",
+            &[],
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.downcast_ref::<LineError>().unwrap().line, 3);
+        assert!(e.to_string().contains("did you mean \"build\""), "{e}");
+        // Far from every stage name, or a full reference: an image.
+        plan(
+            "FROM scratch AS build\nFROM scratch\nCOPY --from=alpine /x /x\n",
+            &[],
+            None,
+        )
+        .unwrap();
+        plan(
+            "FROM scratch AS build\nFROM scratch\nCOPY --from=biuld:1 /x /x\n",
+            &[],
+            None,
+        )
+        .unwrap();
+        assert_eq!(edit_distance("build", "biuld"), 1);
+        assert_eq!(edit_distance("build", "bild"), 1);
+        assert_eq!(edit_distance("", "ab"), 2);
     }
 
     #[test]

@@ -458,7 +458,12 @@ pub fn expand_stage(plan: &Plan, stage: usize, base: &ImageConfig) -> Result<Exp
                     argv,
                     script,
                     env,
-                    network: flag_value(inst, "network"),
+                    // `default` (or none given) is the build's --network.
+                    network: match flag_value(inst, "network") {
+                        None => plan.options.default_network.clone(),
+                        Some(n) if n == "default" => plan.options.default_network.clone(),
+                        Some(n) => Some(n),
+                    },
                     mounts: run_mounts(plan, stage, inst, &cfg, &word)?,
                     security: flag_value(inst, "security"),
                 })
@@ -998,6 +1003,7 @@ mod tests {
                     .collect(),
                 target: None,
                 platform: Platform::host(),
+                default_network: None,
             },
         )?;
         let base = ImageConfig::default();

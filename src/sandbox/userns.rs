@@ -215,6 +215,34 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
+/// How many user ids the user namespace this process is in maps (all 2^32 - 1 in the
+/// initial one), from `/proc/self/uid_map`.
+pub fn mapped_ids() -> u64 {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// What running as root gives: real root, or root of a user namespace that maps one id
+/// only (`unshare -Ur`), where files can belong to root only.
+pub fn root_mapping() -> Mapping {
+    match mapped_ids() {
+        n if n >= 2 => Mapping::HostRoot,
+        _ => Mapping::SingleId {
+            reason: format!(
+                "rbuild runs as root of a user namespace that maps one id (uid_map: {})",
+                std::fs::read_to_string("/proc/self/uid_map")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        },
+    }
+}
+
 /// One process's ends of the two pipes between the halves of a fork.
 struct Pipes {
     /// Writes to the other process.
@@ -263,7 +291,7 @@ fn fork_unless_root() -> Result<Option<(UsernsFacts, Side)>> {
 /// supervising parent never returns.
 pub fn enter() -> Result<Mapping> {
     let Some((f, side)) = fork_unless_root()? else {
-        return Ok(Mapping::HostRoot);
+        return Ok(root_mapping());
     };
     match side {
         Side::Child(pipes) => {
@@ -306,7 +334,7 @@ pub fn enter() -> Result<Mapping> {
 /// that newuidmap/newgidmap really accept, or why only one id can be mapped.
 pub fn probe() -> Result<Mapping> {
     let Some((f, side)) = fork_unless_root()? else {
-        return Ok(Mapping::HostRoot);
+        return Ok(root_mapping());
     };
     match side {
         Side::Child(pipes) => {

@@ -87,6 +87,13 @@ pub struct BuildArgs {
     /// `type=tar,dest=-`. Repeatable.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
+    /// Push the image to its registries under the `-t` names (`-o type=registry`).
+    #[arg(long)]
+    pub push: bool,
+    /// Keep the image in rbuild's store under the `-t` names (`-o type=image`; also what
+    /// `-t` without any output does).
+    #[arg(long)]
+    pub load: bool,
     /// Build-time variable `KEY=VALUE`, or `KEY` to take the value from the environment.
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     pub build_args: Vec<String>,
@@ -183,6 +190,13 @@ pub struct BuildArgs {
     /// host, or none (an isolated loopback).
     #[arg(long, value_name = "MODE", value_enum, default_value = "default")]
     pub network: NetworkMode,
+    /// An /etc/hosts entry `NAME:IP` for every RUN step; repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_hosts: Vec<String>,
+    /// A resource limit `NAME=SOFT[:HARD]` for every RUN step (nofile, nproc, core, ...;
+    /// unprivileged, limits can be lowered, not raised); repeatable.
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimits: Vec<String>,
     /// How many independent stages run at once (default: the number of CPUs, at least 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
@@ -610,6 +624,24 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     for o in &args.outputs {
         outputs.push(parse_output(o).map_err(usage)?);
     }
+    // --push, --load, and -t alone: the image under the -t names, as buildx has them.
+    let under_tags = |push: bool| OutputSpec {
+        kind: OutputKind::Image { push },
+        dest: Destination::Names,
+        names: Vec::new(),
+    };
+    if (args.push || args.load) && args.tags.is_empty() {
+        return Err(usage(anyhow!(
+            "--push and --load need a name: give one with -t NAME"
+        )));
+    }
+    let tags_only = outputs.is_empty() && !args.tags.is_empty();
+    if args.push {
+        outputs.push(under_tags(true));
+    }
+    if args.load || tags_only {
+        outputs.push(under_tags(false));
+    }
     for name in args
         .tags
         .iter()
@@ -677,6 +709,12 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         )));
     }
     let build_args = parse_build_args(&args.build_args).map_err(usage)?;
+    for h in &args.add_hosts {
+        crate::solver::run::host_entry(h).map_err(usage)?;
+    }
+    for u in &args.ulimits {
+        crate::solver::run::parse_ulimit(u).map_err(usage)?;
+    }
     let pull = PullPolicy::parse(&args.pull).map_err(usage)?;
     let named = parse_build_contexts(&args.build_contexts).map_err(usage)?;
     let labels = parse_labels(&args.labels).map_err(usage)?;
@@ -721,6 +759,8 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
                 NetworkMode::Default | NetworkMode::Host => None,
                 NetworkMode::None => Some("none".into()),
             },
+            extra_hosts: args.add_hosts.clone(),
+            ulimits: args.ulimits.clone(),
         },
     )
     .map_err(fail)?;
@@ -825,7 +865,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
                 "digest": image.manifest_digest.to_string(),
                 "size": image.manifest.len(),
             },
-            "image.name": args.tags.join(","),
+            "image.name": image_names(&args.tags, &outputs).join(","),
             "rbuild.pushed": pushed
                 .iter()
                 .map(|(name, digest)| serde_json::json!({ "name": name, "digest": digest.to_string() }))
@@ -962,6 +1002,20 @@ fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String,
             Ok((BuildContext::from_dir(dir, Some(&path))?, name, bytes))
         }
     }
+}
+
+/// Every name the image gets, from `-t` and the outputs' `name=`, once each.
+fn image_names(tags: &[String], outputs: &[OutputSpec]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for n in tags
+        .iter()
+        .chain(outputs.iter().flat_map(|o| o.names.iter()))
+    {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
 }
 
 /// Stages run at once by default: the number of CPUs, and at least 4 (a stage often waits

@@ -858,3 +858,70 @@ fn help_and_version_words_and_every_subcommand_help() {
         assert_eq!(ran.code, 2, "rbuild {bad:?}: {}", ran.summary());
     }
 }
+
+#[test]
+fn tags_alone_and_load_keep_the_image_in_the_store() {
+    // -t without -o (and --load) keep the image under its names, as buildx loads it; the
+    // metadata file names what -t and -o name= gave.
+    let dir = TestDir::new("tags-store");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let cache = dir.join("cache").to_string_lossy().into_owned();
+    let meta = dir.join("meta.json");
+    let meta_s = meta.to_string_lossy().into_owned();
+    let ran = rbuild(
+        dir.path(),
+        &[
+            "build",
+            "--cache-dir",
+            &cache,
+            "-t",
+            "tagged:1",
+            "--metadata-file",
+            &meta_s,
+            &ctx_s,
+        ],
+        None,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.summary());
+    let ls = rbuild(
+        dir.path(),
+        &["image", "ls", "-q", "--cache-dir", &cache],
+        None,
+    );
+    assert!(
+        ls.stdout_text().contains("docker.io/library/tagged:1"),
+        "-t alone: {}",
+        ls.stdout_text()
+    );
+    let ran = rbuild(
+        dir.path(),
+        &[
+            "build",
+            "--cache-dir",
+            &cache,
+            "--load",
+            "-t",
+            "loaded:2",
+            "-o",
+            "type=image,name=extra:3",
+            "--metadata-file",
+            &meta_s,
+            &ctx_s,
+        ],
+        None,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.summary());
+    let ls = rbuild(
+        dir.path(),
+        &["image", "ls", "-q", "--cache-dir", &cache],
+        None,
+    );
+    for n in ["docker.io/library/loaded:2", "docker.io/library/extra:3"] {
+        assert!(ls.stdout_text().contains(n), "{n}: {}", ls.stdout_text());
+    }
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m["image.name"], "loaded:2,extra:3", "{m}");
+    let ran = rbuild(dir.path(), &["build", "--push", &ctx_s], None);
+    assert_eq!(ran.code, 2, "--push without -t: {}", ran.summary());
+}

@@ -570,3 +570,23 @@ fn cli_registry_with_htpasswd() {
         "the pulled base is the pushed image"
     );
 }
+
+#[test]
+fn push_flag_pushes_under_the_tags() {
+    let test = "push_flag_pushes_under_the_tags";
+    if skip_without_registry() || busybox(test).is_none() {
+        return;
+    }
+    let registry = Registry::start(None);
+    let name = format!("{}/flag/app:v1", registry.host);
+    let b = Build::case(GROUP, "push");
+    b.load_busybox(&busybox(test).unwrap());
+    let ran = b.build(&["--pull=never", "--push", "-t", &name]);
+    ran.assert_ok("--push -t NAME");
+    assert!(
+        ran.stderr_text()
+            .contains(&format!("pushed {name}@sha256:")),
+        "{}",
+        ran.summary()
+    );
+}

@@ -1605,3 +1605,33 @@ fn root_of_a_one_id_user_namespace_is_single_id() {
         "{line}"
     );
 }
+
+#[test]
+fn add_host_and_ulimit_reach_run_steps() {
+    let test = "add_host_and_ulimit_reach_run_steps";
+    let Some(b) = prepared(test, "forms") else {
+        return;
+    };
+    std::fs::write(
+        &b.dockerfile,
+        "FROM busybox\nRUN cat /etc/hosts > /hosts && ulimit -n > /nofile && ulimit -Hn > /nofile-hard\n",
+    )
+    .unwrap();
+    let fs = b
+        .build_ok(&args(&[
+            "--add-host",
+            "db.internal:10.1.2.3",
+            "--ulimit",
+            "nofile=321:654",
+        ]))
+        .fs();
+    let hosts = file_content(&fs, "/hosts").unwrap_or_default();
+    assert!(
+        hosts.contains("10.1.2.3\tdb.internal"),
+        "/etc/hosts: {hosts}"
+    );
+    assert_eq!(file_content(&fs, "/nofile").as_deref(), Some("321\n"));
+    assert_eq!(file_content(&fs, "/nofile-hard").as_deref(), Some("654\n"));
+    let ran = b.build(&args(&["--ulimit", "bogus=1"]));
+    assert_eq!(ran.code, 2, "{}", ran.summary());
+}

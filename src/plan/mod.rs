@@ -69,6 +69,10 @@ pub struct PlanOptions {
     pub platform: Platform,
     /// `--network`: the network of RUN steps without one of their own (None: the host's).
     pub default_network: Option<String>,
+    /// `--add-host NAME:IP` entries every RUN step's /etc/hosts gets.
+    pub extra_hosts: Vec<String>,
+    /// `--ulimit NAME=SOFT[:HARD]` limits every RUN step runs with.
+    pub ulimits: Vec<String>,
 }
 
 /// A whole build: the stages and the order to build the needed ones in.
@@ -468,6 +472,8 @@ mod tests {
                 target: target.map(Into::into),
                 platform: Platform::host(),
                 default_network: None,
+                extra_hosts: Vec::new(),
+                ulimits: Vec::new(),
             },
         )
     }

@@ -215,6 +215,10 @@ pub struct RunStep {
     pub env: Vec<String>,
     /// `--network` value.
     pub network: Option<String>,
+    /// The build's `--add-host` entries (`NAME:IP`).
+    pub extra_hosts: Vec<String>,
+    /// The build's `--ulimit` values (`NAME=SOFT[:HARD]`).
+    pub ulimits: Vec<String>,
     /// `--mount`s, in the order given.
     pub mounts: Vec<RunMount>,
     /// `--security` value.
@@ -466,6 +470,8 @@ pub fn expand_stage(plan: &Plan, stage: usize, base: &ImageConfig) -> Result<Exp
                     },
                     mounts: run_mounts(plan, stage, inst, &cfg, &word)?,
                     security: flag_value(inst, "security"),
+                    extra_hosts: plan.options.extra_hosts.clone(),
+                    ulimits: plan.options.ulimits.clone(),
                 })
             }
             (Keyword::From, _) => unreachable_from(line)?,
@@ -1004,6 +1010,8 @@ mod tests {
                 target: None,
                 platform: Platform::host(),
                 default_network: None,
+                extra_hosts: Vec::new(),
+                ulimits: Vec::new(),
             },
         )?;
         let base = ImageConfig::default();

@@ -119,6 +119,8 @@ pub struct RunSpec<'a> {
     pub hostname: &'a str,
     /// `RUN --mount`s, parents before children.
     pub mounts: &'a [StepMount],
+    /// Resource limits the command runs with (`--ulimit`): resource, soft, hard.
+    pub rlimits: &'a [(nix::sys::resource::Resource, u64, u64)],
 }
 
 /// How a command ended.
@@ -795,6 +797,10 @@ fn exec_command(spec: &RunSpec<'_>, p: &Prepared, out: RawFd) -> anyhow::Error {
             .iter()
             .map(|g| nix::unistd::Gid::from_raw(*g))
             .collect();
+        for (resource, soft, hard) in spec.rlimits {
+            nix::sys::resource::setrlimit(*resource, *soft, *hard)
+                .map_err(|e| anyhow!("--ulimit {resource:?}={soft}:{hard}: {e}"))?;
+        }
         if let Err(e) = nix::unistd::setgroups(&groups) {
             // With only one id mapped, setgroups is denied: the step keeps no groups.
             if !(e == nix::errno::Errno::EPERM && u.groups.iter().all(|g| *g == u.gid)) {

@@ -114,6 +114,8 @@ pub fn step_key(
                 .list("env", &r.env)
                 .opt("network", r.network.as_deref())
                 .opt("security", r.security.as_deref())
+                .list("hosts", &r.extra_hosts)
+                .list("ulimits", &r.ulimits)
                 .str("workdir", &base.config.config.working_dir);
             h.u64("mounts", r.mounts.len() as u64);
             for m in &r.mounts {

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::resource::Resource;
 
 use super::mounts::{prepare as prepare_mounts, MountFrom, MountInputs, PreparedMounts};
 use super::rootfs::{read_image_file, resolve_in_root, FileKind, RootKind};
@@ -128,6 +129,11 @@ pub fn run_command(
     };
 
     let program = find_program(root, &step.argv, &environ)?;
+    let rlimits = step
+        .ulimits
+        .iter()
+        .map(|u| parse_ulimit(u))
+        .collect::<Result<Vec<_>>>()?;
     // The wait for the clock to pass the record happens in the step, before its command.
     let record = match differ {
         Differ::Walk => Some(TreeState::capture(root)?),
@@ -136,7 +142,7 @@ pub fn run_command(
     ensure_workdir(root, &cwd)?;
     // Where the image's /etc/NAME really is (resolv.conf is often a symlink); never over a
     // directory or into the sandbox's own mounts.
-    let etc: Vec<(String, String)> = etc_files(network)
+    let etc: Vec<(String, String)> = etc_files(network, &step.extra_hosts)?
         .into_iter()
         .filter_map(|(name, contents)| {
             let r = resolve_in_root(root, &format!("/etc/{name}"), true).ok()?;
@@ -196,6 +202,7 @@ pub fn run_command(
         hostname: HOSTNAME,
         mounts: &mounts.mounts,
         start_after: record.as_ref().map(|(_, settled)| *settled),
+        rlimits: &rlimits,
     };
     let mut pending = Vec::new();
     let outcome = run(&spec, &env.cancel, |bytes| {
@@ -283,21 +290,83 @@ fn ensure_workdir(root: &Path, cwd: &str) -> Result<()> {
     }
 }
 
-/// The generated /etc files, in the scratch directory (never in the step's root).
-/// The generated /etc files (name, contents), which the sandbox mounts over the image's.
-fn etc_files(network: Network) -> Vec<(String, String)> {
-    let hosts = format!(
+/// The generated /etc files (name, contents), which the sandbox mounts over the image's;
+/// `extra_hosts` are the build's `--add-host` entries.
+fn etc_files(network: Network, extra_hosts: &[String]) -> Result<Vec<(String, String)>> {
+    let mut hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{HOSTNAME}\n"
     );
+    for h in extra_hosts {
+        hosts.push_str(&host_entry(h)?);
+    }
     let resolv = match network {
         Network::None => String::new(),
         Network::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
-    vec![
+    Ok(vec![
         ("hosts".to_string(), hosts),
         ("hostname".to_string(), format!("{HOSTNAME}\n")),
         ("resolv.conf".to_string(), resolv),
-    ]
+    ])
+}
+
+/// An `--add-host NAME:IP` (or `NAME=IP`) value as an /etc/hosts line.
+pub fn host_entry(spec: &str) -> Result<String> {
+    let (name, ip) = spec
+        .split_once('=')
+        .or_else(|| spec.split_once(':'))
+        .ok_or_else(|| anyhow!("invalid --add-host {spec:?}: expected NAME:IP"))?;
+    let ip: std::net::IpAddr = ip
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse()
+        .map_err(|_| anyhow!("invalid --add-host {spec:?}: {ip:?} is not an IP address"))?;
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        bail!("invalid --add-host {spec:?}: bad host name");
+    }
+    Ok(format!("{ip}\t{name}\n"))
+}
+
+/// An `--ulimit NAME=SOFT[:HARD]` value (`-1` or `unlimited` for no limit; HARD defaults
+/// to SOFT), as Docker spells the names.
+pub fn parse_ulimit(spec: &str) -> Result<(Resource, u64, u64)> {
+    let (name, values) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("invalid --ulimit {spec:?}: expected NAME=SOFT[:HARD]"))?;
+    let resource = match name {
+        "core" => Resource::RLIMIT_CORE,
+        "cpu" => Resource::RLIMIT_CPU,
+        "data" => Resource::RLIMIT_DATA,
+        "fsize" => Resource::RLIMIT_FSIZE,
+        "locks" => Resource::RLIMIT_LOCKS,
+        "memlock" => Resource::RLIMIT_MEMLOCK,
+        "msgqueue" => Resource::RLIMIT_MSGQUEUE,
+        "nice" => Resource::RLIMIT_NICE,
+        "nofile" => Resource::RLIMIT_NOFILE,
+        "nproc" => Resource::RLIMIT_NPROC,
+        "rss" => Resource::RLIMIT_RSS,
+        "rtprio" => Resource::RLIMIT_RTPRIO,
+        "rttime" => Resource::RLIMIT_RTTIME,
+        "sigpending" => Resource::RLIMIT_SIGPENDING,
+        "stack" => Resource::RLIMIT_STACK,
+        "as" => Resource::RLIMIT_AS,
+        other => bail!("invalid --ulimit {spec:?}: unknown limit {other:?}"),
+    };
+    let value = |v: &str| -> Result<u64> {
+        match v {
+            "-1" | "unlimited" => Ok(libc::RLIM_INFINITY),
+            _ => v
+                .parse()
+                .map_err(|_| anyhow!("invalid --ulimit {spec:?}: {v:?} is not a number")),
+        }
+    };
+    let (soft, hard) = match values.split_once(':') {
+        Some((s, h)) => (value(s)?, value(h)?),
+        None => (value(values)?, value(values)?),
+    };
+    if soft > hard {
+        bail!("invalid --ulimit {spec:?}: the soft limit is above the hard one");
+    }
+    Ok((resource, soft, hard))
 }
 
 #[cfg(test)]
@@ -335,12 +404,19 @@ mod tests {
 
     #[test]
     fn etc_files_and_command_display() {
-        let none = etc_files(Network::None);
+        let none = etc_files(Network::None, &["db:10.0.0.5".to_string()]).unwrap();
         let names: Vec<&str> = none.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["hosts", "hostname", "resolv.conf"]);
         assert_eq!(none[1].1, format!("{HOSTNAME}\n"));
         assert!(none[2].1.is_empty(), "no resolver without a network");
         assert!(none[0].1.contains("127.0.0.1\tlocalhost"));
+        assert!(none[0].1.ends_with("10.0.0.5\tdb\n"), "{}", none[0].1);
+        assert_eq!(host_entry("v6=::1").unwrap(), "::1\tv6\n");
+        assert!(host_entry("nohost").is_err() && host_entry("a:not-ip").is_err());
+        let (r, soft, hard) = parse_ulimit("nofile=1024:2048").unwrap();
+        assert_eq!((r, soft, hard), (Resource::RLIMIT_NOFILE, 1024, 2048));
+        assert_eq!(parse_ulimit("core=-1").unwrap().1, libc::RLIM_INFINITY);
+        assert!(parse_ulimit("bogus=1").is_err() && parse_ulimit("nofile=9:1").is_err());
         assert_eq!(
             show_command(&["sh".into(), "-c".into(), "x \"y\"".into()]),
             r#""sh -c x \"y\"""#

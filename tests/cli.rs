@@ -869,56 +869,28 @@ fn tags_alone_and_load_keep_the_image_in_the_store() {
     let cache = dir.join("cache").to_string_lossy().into_owned();
     let meta = dir.join("meta.json");
     let meta_s = meta.to_string_lossy().into_owned();
-    let ran = rbuild(
-        dir.path(),
-        &[
-            "build",
-            "--cache-dir",
-            &cache,
-            "-t",
-            "tagged:1",
-            "--metadata-file",
-            &meta_s,
-            &ctx_s,
-        ],
-        None,
-    );
-    assert_eq!(ran.code, 0, "{}", ran.summary());
-    let ls = rbuild(
-        dir.path(),
-        &["image", "ls", "-q", "--cache-dir", &cache],
-        None,
-    );
-    assert!(
-        ls.stdout_text().contains("docker.io/library/tagged:1"),
-        "-t alone: {}",
+    // A build with `extra` flags, then the names in the store.
+    let build_and_list = |extra: &[&str]| {
+        let mut argv = vec!["build", "--cache-dir", &cache, "--metadata-file", &meta_s];
+        argv.extend_from_slice(extra);
+        argv.push(&ctx_s);
+        let ran = rbuild(dir.path(), &argv, None);
+        assert_eq!(ran.code, 0, "{}", ran.summary());
+        let ls = rbuild(
+            dir.path(),
+            &["image", "ls", "-q", "--cache-dir", &cache],
+            None,
+        );
         ls.stdout_text()
+    };
+    let names = build_and_list(&["-t", "tagged:1"]);
+    assert!(
+        names.contains("docker.io/library/tagged:1"),
+        "-t alone: {names}"
     );
-    let ran = rbuild(
-        dir.path(),
-        &[
-            "build",
-            "--cache-dir",
-            &cache,
-            "--load",
-            "-t",
-            "loaded:2",
-            "-o",
-            "type=image,name=extra:3",
-            "--metadata-file",
-            &meta_s,
-            &ctx_s,
-        ],
-        None,
-    );
-    assert_eq!(ran.code, 0, "{}", ran.summary());
-    let ls = rbuild(
-        dir.path(),
-        &["image", "ls", "-q", "--cache-dir", &cache],
-        None,
-    );
+    let names = build_and_list(&["--load", "-t", "loaded:2", "-o", "type=image,name=extra:3"]);
     for n in ["docker.io/library/loaded:2", "docker.io/library/extra:3"] {
-        assert!(ls.stdout_text().contains(n), "{n}: {}", ls.stdout_text());
+        assert!(names.contains(n), "{n}: {names}");
     }
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
     assert_eq!(m["image.name"], "loaded:2,extra:3", "{m}");

@@ -197,6 +197,10 @@ pub struct BuildArgs {
     /// unprivileged, limits can be lowered, not raised); repeatable.
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     pub ulimits: Vec<String>,
+    /// Check the Dockerfile (parse, plan, BuildKit's build checks) and build nothing; exit 1
+    /// when a check fails.
+    #[arg(long)]
+    pub check: bool,
     /// How many independent stages run at once (default: the number of CPUs, at least 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
@@ -764,6 +768,9 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         },
     )
     .map_err(fail)?;
+    if args.check {
+        return run_checks(&df).map_err(fail);
+    }
     let stage_names: Vec<Option<String>> = plan.stages.iter().map(|s| s.name.clone()).collect();
     let mut cache_options = CacheOptions {
         disabled: args.no_cache,
@@ -1002,6 +1009,28 @@ fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String,
             Ok((BuildContext::from_dir(dir, Some(&path))?, name, bytes))
         }
     }
+}
+
+/// `--check`: prints what the build checks found, as buildx does; an error when any did.
+fn run_checks(df: &Dockerfile) -> Result<()> {
+    let warnings = crate::plan::lint::check(df);
+    if warnings.is_empty() {
+        println!("Check complete, no warnings found.");
+        return Ok(());
+    }
+    let n = warnings.len();
+    println!(
+        "Check complete, {n} warning{} found!",
+        if n == 1 { " has been" } else { "s have been" }
+    );
+    for w in &warnings {
+        println!("\nWARN: {} - {}", w.rule, w.url());
+        println!("{} (line {})", printable(&w.message), w.line);
+    }
+    bail!(
+        "{n} build check warning{} (see above)",
+        if n == 1 { "" } else { "s" }
+    )
 }
 
 /// Every name the image gets, from `-t` and the outputs' `name=`, once each.

@@ -897,3 +897,58 @@ fn tags_alone_and_load_keep_the_image_in_the_store() {
     let ran = rbuild(dir.path(), &["build", "--push", &ctx_s], None);
     assert_eq!(ran.code, 2, "--push without -t: {}", ran.summary());
 }
+
+#[test]
+fn check_lints_without_building() {
+    let dir = TestDir::new("check");
+    let ctx = dir.join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let cache = dir.join("cache").to_string_lossy().into_owned();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch as base\nCMD run me\n").unwrap();
+    let ran = rbuild(
+        dir.path(),
+        &["build", "--check", "--cache-dir", &cache, &ctx_s],
+        None,
+    );
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    let out = ran.stdout_text();
+    assert!(out.contains("2 warnings have been found"), "{out}");
+    assert!(
+        out.contains("WARN: FromAsCasing") && out.contains("(line 1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("WARN: JSONArgsRecommended") && out.contains("(line 2)"),
+        "{out}"
+    );
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch AS base\nCMD [\"run\"]\n",
+    )
+    .unwrap();
+    let ran = rbuild(
+        dir.path(),
+        &["build", "--check", "--cache-dir", &cache, &ctx_s],
+        None,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.summary());
+    assert!(ran.stdout_text().contains("no warnings found"));
+    // A Dockerfile error is reported at its line, and nothing is built.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY --from=nowhere\n",
+    )
+    .unwrap();
+    let ran = rbuild(
+        dir.path(),
+        &["build", "--check", "--cache-dir", &cache, &ctx_s],
+        None,
+    );
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    assert!(
+        ran.stderr_text().contains("Dockerfile:2"),
+        "{}",
+        ran.summary()
+    );
+}

@@ -6,6 +6,7 @@
 
 pub mod chmod;
 pub mod error;
+pub mod lint;
 pub mod mounts;
 pub mod platform;
 pub mod steps;

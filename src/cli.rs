@@ -197,6 +197,10 @@ pub struct BuildArgs {
     /// unprivileged, limits can be lowered, not raised); repeatable.
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     pub ulimits: Vec<String>,
+    /// Size of /dev/shm in RUN steps (`64m`, `1g`, bytes; default 64m).
+    #[arg(long = "shm-size", value_name = "SIZE", default_value = "64m",
+          value_parser = |s: &str| crate::plan::mounts::parse_size(s).map_err(|e| e.to_string()))]
+    pub shm_size: u64,
     /// Check the Dockerfile (parse, plan, BuildKit's build checks) and build nothing; exit 1
     /// when a check fails.
     #[arg(long)]
@@ -441,12 +445,13 @@ fn plan_has_run(plan: &Plan) -> bool {
 /// Enters the user namespace (unless root) and compiles the seccomp profile. Runs while
 /// the process has one thread.
 fn prepare_sandbox(
-    isolation: &str,
-    snapshotter: Snapshotter,
+    args: &BuildArgs,
     mount_inputs: MountInputs,
     store: &Store,
     progress: &Progress,
 ) -> Result<RunEnvironment> {
+    let (isolation, snapshotter, shm_size) =
+        (args.isolation.as_str(), args.snapshotter, args.shm_size);
     use crate::sandbox::run::Isolation;
     // Installed at the start of the build.
     let cancel = Cancel;
@@ -482,6 +487,7 @@ fn prepare_sandbox(
         single_id: matches!(mapping, crate::sandbox::userns::Mapping::SingleId { .. }),
         mapping: id_maps(),
         mount_inputs,
+        shm_size,
         seccomp,
         cancel,
     })
@@ -781,16 +787,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         cache_options.no_cache_stages.insert(index);
     }
     let run_env = if plan_has_run(&plan) {
-        Some(
-            prepare_sandbox(
-                &args.isolation,
-                args.snapshotter,
-                mount_inputs,
-                &store,
-                &progress,
-            )
-            .map_err(build_failed)?,
-        )
+        Some(prepare_sandbox(args, mount_inputs, &store, &progress).map_err(build_failed)?)
     } else {
         None
     };

@@ -1607,14 +1607,14 @@ fn root_of_a_one_id_user_namespace_is_single_id() {
 }
 
 #[test]
-fn add_host_and_ulimit_reach_run_steps() {
-    let test = "add_host_and_ulimit_reach_run_steps";
+fn add_host_ulimit_and_shm_size_reach_run_steps() {
+    let test = "add_host_ulimit_and_shm_size_reach_run_steps";
     let Some(b) = prepared(test, "forms") else {
         return;
     };
     std::fs::write(
         &b.dockerfile,
-        "FROM busybox\nRUN cat /etc/hosts > /hosts && ulimit -n > /nofile && ulimit -Hn > /nofile-hard\n",
+        "FROM busybox\nRUN cat /etc/hosts > /hosts && ulimit -n > /nofile && ulimit -Hn > /nofile-hard && df -k /dev/shm | tail -n 1 > /shm\n",
     )
     .unwrap();
     let fs = b
@@ -1623,8 +1623,16 @@ fn add_host_and_ulimit_reach_run_steps() {
             "db.internal:10.1.2.3",
             "--ulimit",
             "nofile=321:654",
+            "--shm-size",
+            "8m",
         ]))
         .fs();
+    let shm = file_content(&fs, "/shm").unwrap_or_default();
+    assert_eq!(
+        shm.split_whitespace().nth(1),
+        Some("8192"),
+        "--shm-size 8m: {shm}"
+    );
     let hosts = file_content(&fs, "/hosts").unwrap_or_default();
     assert!(
         hosts.contains("10.1.2.3\tdb.internal"),

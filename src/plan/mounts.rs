@@ -308,7 +308,7 @@ fn clean_target(target: &str) -> Result<String> {
 }
 
 /// A size with an optional unit (`65536`, `64k`, `64m`, `1g`, `1gb`; powers of 1024).
-fn parse_size(text: &str) -> Result<u64> {
+pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').unwrap_or(&t);
     let (digits, shift) = match t.chars().last() {

@@ -121,6 +121,8 @@ pub struct RunSpec<'a> {
     pub mounts: &'a [StepMount],
     /// Resource limits the command runs with (`--ulimit`): resource, soft, hard.
     pub rlimits: &'a [(nix::sys::resource::Resource, u64, u64)],
+    /// The size of the step's `/dev/shm` in bytes (`--shm-size`; 64 MiB by default).
+    pub shm_size: u64,
 }
 
 /// How a command ended.
@@ -484,7 +486,7 @@ fn setup_mounts(spec: &RunSpec<'_>) -> Result<()> {
         &dev.join("shm"),
         Some("tmpfs"),
         nosuid,
-        Some("mode=1777,size=65536k"),
+        Some(format!("mode=1777,size={}", spec.shm_size).as_str()),
     )
     .context("cannot mount /dev/shm")?;
     for (name, target) in [

@@ -33,6 +33,8 @@ pub struct RunEnvironment {
     pub mapping: String,
     /// Secrets and SSH agents for `RUN --mount`.
     pub mount_inputs: MountInputs,
+    /// Size of every step's `/dev/shm` in bytes (`--shm-size`).
+    pub shm_size: u64,
     /// The compiled seccomp profile.
     pub seccomp: Filter,
     /// Cancellation.
@@ -203,6 +205,7 @@ pub fn run_command(
         mounts: &mounts.mounts,
         start_after: record.as_ref().map(|(_, settled)| *settled),
         rlimits: &rlimits,
+        shm_size: env.shm_size,
     };
     let mut pending = Vec::new();
     let outcome = run(&spec, &env.cancel, |bytes| {

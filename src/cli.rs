@@ -197,6 +197,9 @@ pub struct BuildArgs {
     /// unprivileged, limits can be lowered, not raised); repeatable.
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     pub ulimits: Vec<String>,
+    /// An annotation `[manifest:]KEY=VALUE` of the image manifest; repeatable.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
     /// Size of /dev/shm in RUN steps (`64m`, `1g`, bytes; default 64m).
     #[arg(long = "shm-size", value_name = "SIZE", default_value = "64m",
           value_parser = |s: &str| crate::plan::mounts::parse_size(s).map_err(|e| e.to_string()))]
@@ -728,6 +731,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     let pull = PullPolicy::parse(&args.pull).map_err(usage)?;
     let named = parse_build_contexts(&args.build_contexts).map_err(usage)?;
     let labels = parse_labels(&args.labels).map_err(usage)?;
+    let annotations = parse_annotations(&args.annotations).map_err(usage)?;
     let mount_inputs = secrets::mount_inputs(&args.secrets, &args.ssh, |v| {
         std::env::var(v).ok().filter(|v| !v.is_empty())
     })
@@ -810,6 +814,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         run: run_env.as_ref(),
         cache: &cache_options,
         jobs: args.jobs.map_or_else(default_jobs, |j| j as usize),
+        annotations: &annotations,
     })
     .map_err(fail)?;
     if !output.unused_build_args.is_empty() {
@@ -1006,6 +1011,27 @@ fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String,
             Ok((BuildContext::from_dir(dir, Some(&path))?, name, bytes))
         }
     }
+}
+
+/// `--annotation [manifest:]KEY=VALUE` values (buildx's default level, the manifest).
+fn parse_annotations(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in raw {
+        let (kv, level) = match a.split_once(':') {
+            Some((level, rest)) if !level.contains('=') => (rest, level),
+            _ => (a.as_str(), "manifest"),
+        };
+        if level != "manifest" {
+            bail!("--annotation {a:?}: only manifest annotations are supported (no {level}:)");
+        }
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            _ => bail!("invalid --annotation {a:?}: expected [manifest:]KEY=VALUE"),
+        }
+    }
+    Ok(out)
 }
 
 /// `--check`: prints what the build checks found, as buildx does; an error when any did.

@@ -952,3 +952,45 @@ fn check_lints_without_building() {
         ran.summary()
     );
 }
+
+#[test]
+fn annotations_go_into_the_manifest() {
+    let dir = TestDir::new("annotation");
+    let ctx = small_context(&dir);
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let cache = dir.join("cache").to_string_lossy().into_owned();
+    let out = dir.join("layout");
+    let dest = format!("type=oci,tar=false,dest={}", out.display());
+    let ran = rbuild(
+        dir.path(),
+        &[
+            "build",
+            "--cache-dir",
+            &cache,
+            "-o",
+            &dest,
+            "--annotation",
+            "org.opencontainers.image.source=https://example.invalid/app",
+            "--annotation",
+            "manifest:team=build",
+            &ctx_s,
+        ],
+        None,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.summary());
+    let files = Files::from_dir(&out).unwrap();
+    let image = OciImage::read(&files, "layout").unwrap();
+    assert_eq!(
+        image.manifest["annotations"],
+        serde_json::json!({
+            "org.opencontainers.image.source": "https://example.invalid/app",
+            "team": "build"
+        })
+    );
+    let ran = rbuild(
+        dir.path(),
+        &["build", "--annotation", "index:k=v", &ctx_s],
+        None,
+    );
+    assert_eq!(ran.code, 2, "{}", ran.summary());
+}

@@ -65,6 +65,9 @@ pub struct PlatformSpec {
 /// An image manifest: a config and layers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageManifest {
+    /// Annotations (`--annotation`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// The image config.
     pub config: Descriptor,
     /// Layers, bottom first.
@@ -81,6 +84,7 @@ impl ImageManifest {
     /// An OCI image manifest of `config` and `layers`.
     pub fn new(config: Descriptor, layers: Vec<Descriptor>) -> ImageManifest {
         ImageManifest {
+            annotations: BTreeMap::new(),
             config,
             layers,
             media_type: super::MEDIA_TYPE_MANIFEST.to_string(),

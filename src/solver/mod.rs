@@ -56,6 +56,8 @@ pub struct BuildInputs<'a> {
     pub cache: &'a CacheOptions,
     /// How many stages may run at once (`--jobs`; at least 1).
     pub jobs: usize,
+    /// Annotations of the image manifest (`--annotation`).
+    pub annotations: &'a BTreeMap<String, String>,
 }
 
 impl BuildInputs<'_> {
@@ -754,7 +756,7 @@ fn assemble(inp: &BuildInputs<'_>, target: StageState, created: i64) -> Result<B
         .collect();
     let config = serde_json::to_vec(&cfg).context("cannot serialise the image config")?;
     let config_digest = inp.store.write_blob(&config)?;
-    let manifest = ImageManifest::new(
+    let mut manifest = ImageManifest::new(
         Descriptor::new(MEDIA_TYPE_CONFIG, &config_digest, config.len() as u64),
         target
             .layers
@@ -762,6 +764,7 @@ fn assemble(inp: &BuildInputs<'_>, target: StageState, created: i64) -> Result<B
             .map(|l| Descriptor::new(&l.media_type, &l.digest, l.size))
             .collect(),
     );
+    manifest.annotations = inp.annotations.clone();
     let manifest = serde_json::to_vec(&manifest)?;
     let manifest_digest = inp.store.write_blob(&manifest)?;
     Ok(BuiltImage {

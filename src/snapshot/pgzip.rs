@@ -199,6 +199,9 @@ fn deflate_jobs(
     level: Compression,
 ) {
     let mut deflater = Compress::new(level, false);
+    // Blocks deflate cannot shrink (random bytes, compressed files) are stored: deflating
+    // them costs most of a layer's compression time for nothing.
+    let mut storer = Compress::new(Compression::none(), false);
     loop {
         let job = match jobs.lock() {
             Ok(rx) => rx.recv(),
@@ -209,7 +212,11 @@ fn deflate_jobs(
         };
         let mut crc = Crc::new();
         crc.update(&job.data);
-        let bytes = deflate_block(&mut deflater, &job);
+        let bytes = if incompressible(&job.data) {
+            deflate_block(&mut storer, &job)
+        } else {
+            deflate_block(&mut deflater, &job)
+        };
         if done
             .send((job.seq, bytes.map(|bytes| Deflated { bytes, crc })))
             .is_err()
@@ -217,6 +224,29 @@ fn deflate_jobs(
             return;
         }
     }
+}
+
+/// Whether a block looks like random bytes: its byte entropy is above 7.95 bits (text is
+/// near 5, already-compressed data near 8). Decided from the bytes alone, so the output
+/// stays reproducible; small blocks are always deflated.
+fn incompressible(data: &[u8]) -> bool {
+    if data.len() < 64 << 10 {
+        return false;
+    }
+    let mut counts = [0u64; 256];
+    for &b in data {
+        counts[b as usize] += 1;
+    }
+    let n = data.len() as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    entropy > 7.95
 }
 
 /// Raw deflate of one block: primed with its dictionary, ended by a sync flush (or, for the
@@ -259,6 +289,49 @@ fn gzip_header(level: Compression) -> [u8; 10] {
         0
     };
     [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]
+}
+
+#[cfg(test)]
+mod incompressible_tests {
+    use super::*;
+
+    #[test]
+    fn random_blocks_are_stored_and_text_is_deflated() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let random: Vec<u8> = (0..BLOCK)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog 0123456789\n"
+            .iter()
+            .cycle()
+            .take(BLOCK)
+            .copied()
+            .collect();
+        assert!(incompressible(&random));
+        assert!(!incompressible(&text));
+        assert!(
+            !incompressible(&random[..1000]),
+            "small blocks are deflated"
+        );
+        // Both round-trip through one gzip member.
+        let mut input = random.clone();
+        input.extend_from_slice(&text);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for chunk in input.chunks(BLOCK) {
+            tx.send(chunk.to_vec()).unwrap();
+        }
+        drop(tx);
+        let gz = compress_blocks(rx, Vec::new(), 6, 2).unwrap();
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut back).unwrap();
+        assert_eq!(back, input);
+        assert!(gz.len() < random.len() + random.len() / 100 + text.len() / 10);
+    }
 }
 
 #[cfg(test)]

@@ -18,4 +18,5 @@ pub mod snapshot;
 pub mod solver;
 pub mod source;
 pub mod store;
+pub mod which;
 pub mod xattrs;

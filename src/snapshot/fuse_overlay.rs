@@ -28,16 +28,9 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where fuse-overlayfs is on PATH, or what to install.
 pub fn program() -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(PROGRAM))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .with_context(|| {
-            format!("{PROGRAM} is not on PATH: install it (Debian and Ubuntu: apt-get install fuse-overlayfs; Fedora: dnf install fuse-overlayfs)")
-        })
+    crate::which::on_path(PROGRAM).with_context(|| {
+        format!("{PROGRAM} is not on PATH: install it (Debian and Ubuntu: apt-get install fuse-overlayfs; Fedora: dnf install fuse-overlayfs)")
+    })
 }
 
 /// Whether this process may open `/dev/fuse`, which every FUSE mount needs.

@@ -21,9 +21,9 @@ pub fn fetch(
 ) -> Result<PathBuf> {
     let program = which_git()?;
     std::fs::create_dir(into).with_context(|| format!("cannot create {}", into.display()))?;
+    let log = into.with_extension("log");
     let git = |args: &[&str]| -> Result<()> {
-        crate::cancel::Cancel.check()?;
-        let out = Command::new(&program)
+        let mut child = Command::new(&program)
             .args([
                 "-c",
                 "init.defaultBranch=main",
@@ -38,13 +38,27 @@ pub fn fetch(
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).context("cannot create the git log")?)
+            .spawn()
             .context("cannot run git")?;
-        if !out.status.success() {
+        // A fetch can take long: a cancelled build kills it rather than wait.
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if crate::cancel::Cancel.requested() {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("cancelled");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        if !status.success() {
             bail!(
                 "git {}: {}",
                 args.first().copied().unwrap_or_default(),
-                String::from_utf8_lossy(&out.stderr).trim()
+                std::fs::read_to_string(&log).unwrap_or_default().trim()
             );
         }
         Ok(())
@@ -86,9 +100,5 @@ pub fn fetch(
 
 /// Where git is, or what to install.
 fn which_git() -> Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("git"))
-        .find(|p| p.is_file())
-        .context("ADD of a git repository needs the git program on PATH: install it (Debian and Ubuntu: apt-get install git)")
+    crate::which::on_path("git").context("ADD of a git repository needs the git program on PATH: install it (Debian and Ubuntu: apt-get install git)")
 }

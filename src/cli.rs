@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Parser;
+use clap::{Args, Parser};
 
 use crate::cancel::Cancel;
 use crate::context::BuildContext;
@@ -39,13 +39,6 @@ pub const EXIT_BUILD_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
 const EXAMPLES: &str = "\
-Commands (each takes --help):
-  rbuild [build] [OPTIONS] CONTEXT   build an image (the default command)
-  rbuild image load|ls|rm            images in the store (air-gapped machines load them)
-  rbuild du | prune | cache check    what the cache holds; make it smaller; check it
-  rbuild info                        what rbuild found on this machine and will use
-  rbuild version | help              this program's version; this text
-
 Examples:
   rbuild -f Dockerfile -o type=oci,dest=out.tar .        OCI image layout tarball
   rbuild build -t app:1.0 -o type=docker,dest=app.tar .  docker-archive for `docker load`
@@ -65,15 +58,106 @@ pub enum NetworkMode {
     None,
 }
 
-/// Build an image from a Dockerfile and a context (`rbuild [build] [OPTIONS] CONTEXT`).
+/// The command line: a subcommand, or the build's flags and context (`build` is the
+/// default command).
 #[derive(Debug, Parser)]
 #[command(
     name = "rbuild",
     version,
     about = "Rootless, daemonless, single-shot container image builder",
     after_help = EXAMPLES,
-    override_usage = "rbuild [build] [OPTIONS] CONTEXT"
+    override_usage = "rbuild [build] [OPTIONS] CONTEXT\n       rbuild <COMMAND> [OPTIONS]",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
 )]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
+/// rbuild's commands.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Build an image from a Dockerfile and a context (the default command).
+    #[command(override_usage = "rbuild [build] [OPTIONS] CONTEXT", after_help = EXAMPLES)]
+    Build(Box<BuildArgs>),
+    /// Manage the images in rbuild's store.
+    Image(images::ImageArgs),
+    /// Show what the build cache holds.
+    Du(cache::DuArgs),
+    /// Remove build cache.
+    Prune(cache::PruneArgs),
+    /// Check the build cache.
+    Cache(cache::CacheArgs),
+    /// What rbuild found on this machine, what builds will use, and why.
+    Info(info::InfoArgs),
+    /// Print the version.
+    Version,
+    /// Print this help, or a command's (`rbuild help image`).
+    Help {
+        /// The command.
+        command: Vec<String>,
+    },
+}
+
+/// `--progress` of a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressArg {
+    /// tty when stderr is a terminal, else plain.
+    Auto,
+    /// One line per event, numbered like BuildKit's.
+    Plain,
+    /// A live view redrawn in place.
+    Tty,
+    /// Nothing but errors.
+    Quiet,
+    /// One JSON document per line, buildx's `rawjson` shape.
+    Rawjson,
+}
+
+impl ProgressArg {
+    /// The renderer: `auto` picks tty when stderr is a terminal.
+    fn mode(self) -> Mode {
+        match self {
+            ProgressArg::Auto if std::io::stderr().is_terminal() => Mode::Tty,
+            ProgressArg::Auto | ProgressArg::Plain => Mode::Plain,
+            ProgressArg::Tty => Mode::Tty,
+            ProgressArg::Quiet => Mode::Quiet,
+            ProgressArg::Rawjson => Mode::RawJson,
+        }
+    }
+}
+
+/// `--isolation` of RUN steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationArg {
+    /// Namespaces; chroot when rbuild runs as root where namespaces cannot be made.
+    Auto,
+    /// User, mount, PID, IPC, UTS (and network) namespaces.
+    #[value(alias = "oci", alias = "rootless")]
+    Namespaces,
+    /// chroot only (root, inside a container that already isolates).
+    Chroot,
+}
+
+/// `--pull`: when base images are fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullArg {
+    /// Only when the store does not have the image.
+    #[value(alias = "false")]
+    Missing,
+    /// Every time (`--pull` alone).
+    #[value(alias = "true")]
+    Always,
+    /// Never: an image missing from the store is an error.
+    Never,
+}
+
+/// The flags and context of `rbuild build`.
+#[derive(Debug, Args)]
 pub struct BuildArgs {
     /// Name of the Dockerfile (default: CONTEXT/Dockerfile); `-` reads it from stdin.
     #[arg(short = 'f', long = "file", value_name = "PATH")]
@@ -116,9 +200,15 @@ pub struct BuildArgs {
     /// Cache directory (default: $XDG_CACHE_HOME/rbuild or ~/.cache/rbuild).
     #[arg(long = "cache-dir", value_name = "DIR", env = "RBUILD_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Progress output: auto, plain, tty or quiet.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub progress: String,
+    /// Progress output: auto, plain, tty, quiet or rawjson.
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_enum,
+        default_value = "auto",
+        hide_possible_values = true
+    )]
+    pub progress: ProgressArg,
     /// Write the image id (config digest) to this file.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
@@ -133,21 +223,13 @@ pub struct BuildArgs {
     pub quiet: bool,
     /// When to pull base images: missing (default; no network when the store has them),
     /// always (`--pull` alone), never.
-    #[arg(long, value_name = "POLICY", num_args = 0..=1, require_equals = true,
-          default_value = "missing", default_missing_value = "always")]
-    pub pull: String,
+    #[arg(long, value_name = "POLICY", num_args = 0..=1, require_equals = true, value_enum,
+          default_value = "missing", default_missing_value = "always", hide_possible_values = true)]
+    pub pull: PullArg,
     /// Extra named context `NAME=VALUE`: `docker-image://REF`, `oci-layout://DIR[:TAG|@DIGEST]`
     /// or a directory; `FROM NAME` and `COPY --from=NAME` use it. Repeatable.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
-    /// Extra CA certificates (PEM) trusted for registries; repeatable.
-    #[arg(long = "registry-ca", value_name = "FILE")]
-    pub registry_ca: Vec<PathBuf>,
-    /// Directory of per-registry certificates (`DIR/HOST[:PORT]/*.crt`, `*.cert` + `*.key`),
-    /// searched instead of `~/.config/containers/certs.d`, `/etc/containers/certs.d` and
-    /// `/etc/docker/certs.d`; repeatable.
-    #[arg(long = "cert-dir", value_name = "DIR")]
-    pub cert_dirs: Vec<PathBuf>,
     /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`;
     /// repeatable.
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
@@ -156,21 +238,19 @@ pub struct BuildArgs {
     /// `ID=SOCKET`; repeatable.
     #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
     pub ssh: Vec<String>,
-    /// Registry (`host[:port]`) that may be reached over plain HTTP; repeatable
-    /// (loopback registries always may).
-    #[arg(long = "insecure-registry", value_name = "HOST")]
-    pub insecure_registries: Vec<String>,
-    /// Pull-through mirror of docker.io, tried first; repeatable (env
-    /// `RBUILD_REGISTRY_MIRROR`, comma-separated).
-    #[arg(long = "registry-mirror", value_name = "HOST")]
-    pub registry_mirrors: Vec<String>,
-    /// Registry credentials file (docker `config.json` format; env `REGISTRY_AUTH_FILE`).
-    #[arg(long = "authfile", value_name = "FILE")]
-    pub authfile: Option<PathBuf>,
+    /// How registries are reached.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// How RUN steps are isolated: auto (namespaces; chroot when rbuild runs as root where
     /// namespaces cannot be made), namespaces, or chroot.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub isolation: String,
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_enum,
+        default_value = "auto",
+        hide_possible_values = true
+    )]
+    pub isolation: IsolationArg,
     /// How RUN steps get their root and their layer: overlay (a kernel overlay of the
     /// cache's unpacked layers; the layer is read from the upper directory),
     /// fuse-overlayfs (the same, served by fuse-overlayfs), walk (in place; the layer is
@@ -212,45 +292,104 @@ pub struct BuildArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
     /// The build context: a directory, or `-` for a tar stream on stdin.
-    #[arg(value_name = "CONTEXT")]
-    pub context: String,
+    #[arg(value_name = "CONTEXT", required = true)]
+    pub context: Option<String>,
+}
+
+/// How registries are reached: certificates, plain-HTTP hosts, mirrors, credentials.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryArgs {
+    /// Extra CA certificates (PEM) trusted for registries; repeatable.
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub registry_ca: Vec<PathBuf>,
+    /// Directory of per-registry certificates (`DIR/HOST[:PORT]/*.crt`, `*.cert` + `*.key`),
+    /// searched instead of `~/.config/containers/certs.d`, `/etc/containers/certs.d` and
+    /// `/etc/docker/certs.d`; repeatable.
+    #[arg(long = "cert-dir", value_name = "DIR")]
+    pub cert_dirs: Vec<PathBuf>,
+    /// Registry (`host[:port]`) that may be reached over plain HTTP; repeatable
+    /// (loopback registries always may).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// Pull-through mirror of docker.io, tried first; repeatable (env
+    /// `RBUILD_REGISTRY_MIRROR`, comma-separated).
+    #[arg(long = "registry-mirror", value_name = "HOST")]
+    pub registry_mirrors: Vec<String>,
+    /// Registry credentials file (docker `config.json` format; env `REGISTRY_AUTH_FILE`).
+    #[arg(long = "authfile", value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// A registry client with these settings over the environment's.
+    pub fn client(&self) -> Result<Client> {
+        let mut cfg = RegistryConfig::from_env();
+        cfg.ca_files.extend(self.registry_ca.iter().cloned());
+        if !self.cert_dirs.is_empty() {
+            cfg.certs_dirs = self.cert_dirs.clone();
+        }
+        cfg.insecure
+            .extend(self.insecure_registries.iter().cloned());
+        let mut mirrors = self.registry_mirrors.clone();
+        mirrors.append(&mut cfg.mirrors);
+        cfg.mirrors = mirrors;
+        if let Some(f) = &self.authfile {
+            cfg.auth_file = Some(f.clone());
+        }
+        Client::new(cfg)
+    }
+}
+
+impl BuildArgs {
+    /// The context argument (required by the parser).
+    fn context(&self) -> &str {
+        self.context.as_deref().unwrap_or(".")
+    }
 }
 
 /// Entry point: parses `argv`, runs, and returns the process exit code.
-pub fn main_with_args(mut argv: Vec<OsString>) -> i32 {
-    if argv.get(1).is_some_and(|a| a == "image") {
-        return images::main(argv);
-    }
-    if argv
-        .get(1)
-        .is_some_and(|a| a == "du" || a == "prune" || a == "cache")
-    {
-        return cache::main(argv);
-    }
-    if argv.get(1).is_some_and(|a| a == "info") {
-        return info::main(argv);
-    }
-    // `rbuild help` and `rbuild version`, as `--help` and `--version`.
-    if argv.len() == 2 {
-        if let Some(flag) = argv[1].to_str().and_then(|a| match a {
-            "help" => Some("--help"),
-            "version" => Some("--version"),
-            _ => None,
-        }) {
-            argv[1] = flag.into();
-        }
-    }
-    if argv.get(1).is_some_and(|a| a == "build") {
-        argv.remove(1);
-    }
-    let args = match BuildArgs::try_parse_from(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
-        }
+pub fn main_with_args(argv: Vec<OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(c) => c,
+        Err(e) => return clap_exit(&e),
     };
-    match run(&args) {
+    match cli.command {
+        None => run_build(&cli.build),
+        Some(Command::Build(args)) => run_build(&args),
+        Some(Command::Image(args)) => images::main(args),
+        Some(Command::Du(args)) => cache::main(cache::Which::Du(args)),
+        Some(Command::Prune(args)) => cache::main(cache::Which::Prune(args)),
+        Some(Command::Cache(args)) => cache::main(cache::Which::Cache(args)),
+        Some(Command::Info(args)) => info::main(args),
+        Some(Command::Version) => {
+            println!("rbuild {}", env!("CARGO_PKG_VERSION"));
+            EXIT_OK
+        }
+        Some(Command::Help { command }) => {
+            let mut argv: Vec<String> = vec!["rbuild".into()];
+            argv.extend(command);
+            argv.push("--help".into());
+            match Cli::try_parse_from(&argv) {
+                Ok(_) => EXIT_OK,
+                Err(e) => clap_exit(&e),
+            }
+        }
+    }
+}
+
+/// Prints a clap error (or the help or version it stands for); returns the exit code.
+pub(crate) fn clap_exit(e: &clap::Error) -> i32 {
+    let _ = e.print();
+    if e.use_stderr() {
+        EXIT_USAGE
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Runs a build; returns the exit code.
+fn run_build(args: &BuildArgs) -> i32 {
+    match run(args) {
         Ok(()) => EXIT_OK,
         Err(Failure::Usage(e)) => {
             print_error(&e);
@@ -417,24 +556,6 @@ fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// The registry client, from the environment and the flags.
-fn registry_client(args: &BuildArgs) -> Result<Client> {
-    let mut cfg = RegistryConfig::from_env();
-    cfg.ca_files.extend(args.registry_ca.iter().cloned());
-    if !args.cert_dirs.is_empty() {
-        cfg.certs_dirs = args.cert_dirs.clone();
-    }
-    cfg.insecure
-        .extend(args.insecure_registries.iter().cloned());
-    let mut mirrors = args.registry_mirrors.clone();
-    mirrors.append(&mut cfg.mirrors);
-    cfg.mirrors = mirrors;
-    if let Some(f) = &args.authfile {
-        cfg.auth_file = Some(f.clone());
-    }
-    Client::new(cfg)
-}
-
 /// True when a stage the target needs has a RUN instruction.
 fn plan_has_run(plan: &Plan) -> bool {
     plan.order.iter().any(|&i| {
@@ -453,16 +574,14 @@ fn prepare_sandbox(
     store: &Store,
     progress: &Progress,
 ) -> Result<RunEnvironment> {
-    let (isolation, snapshotter, shm_size) =
-        (args.isolation.as_str(), args.snapshotter, args.shm_size);
+    let (isolation, snapshotter, shm_size) = (args.isolation, args.snapshotter, args.shm_size);
     use crate::sandbox::run::Isolation;
     // Installed at the start of the build.
     let cancel = Cancel;
     let wanted = match isolation {
-        "auto" => None,
-        "namespaces" | "oci" | "rootless" => Some(Isolation::Namespaces),
-        "chroot" => Some(Isolation::Chroot),
-        other => bail!("invalid --isolation {other:?}: expected auto, namespaces or chroot"),
+        IsolationArg::Auto => None,
+        IsolationArg::Namespaces => Some(Isolation::Namespaces),
+        IsolationArg::Chroot => Some(Isolation::Chroot),
     };
     let mapping = crate::sandbox::userns::enter()?;
     if let crate::sandbox::userns::Mapping::SingleId { reason } = &mapping {
@@ -709,14 +828,9 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     let mode = if args.quiet {
         Mode::Quiet
     } else {
-        Mode::parse(&args.progress).ok_or_else(|| {
-            usage(anyhow!(
-                "invalid --progress {:?}: expected auto, plain, tty or quiet",
-                args.progress
-            ))
-        })?
+        args.progress.mode()
     };
-    if args.context == "-" && args.file.as_deref() == Some("-") {
+    if args.context() == "-" && args.file.as_deref() == Some("-") {
         return Err(usage(anyhow!(
             "the context and the Dockerfile cannot both be read from stdin"
         )));
@@ -728,7 +842,11 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     for u in &args.ulimits {
         crate::solver::run::parse_ulimit(u).map_err(usage)?;
     }
-    let pull = PullPolicy::parse(&args.pull).map_err(usage)?;
+    let pull = match args.pull {
+        PullArg::Missing => PullPolicy::Missing,
+        PullArg::Always => PullPolicy::Always,
+        PullArg::Never => PullPolicy::Never,
+    };
     let named = parse_build_contexts(&args.build_contexts).map_err(usage)?;
     let labels = parse_labels(&args.labels).map_err(usage)?;
     let annotations = parse_annotations(&args.annotations).map_err(usage)?;
@@ -795,7 +913,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     } else {
         None
     };
-    let client = registry_client(args).map_err(build_failed)?;
+    let client = args.registry.client().map_err(build_failed)?;
     let resolver = Resolver::new(
         &store,
         plan.options.platform.clone(),
@@ -947,26 +1065,26 @@ fn describe(o: &OutputSpec) -> String {
 /// Reads the context and the Dockerfile named by the arguments.
 /// The context directory and the `-f` file (or the context's `Dockerfile`) exist.
 fn check_inputs_exist(args: &BuildArgs) -> Result<()> {
-    if args.context == "-" {
+    if args.context() == "-" {
         return Ok(());
     }
-    let dir = Path::new(&args.context);
+    let dir = Path::new(args.context());
     if !dir.is_dir() {
-        bail!("context {:?} is not a directory", args.context);
+        bail!("context {:?} is not a directory", args.context());
     }
     match args.file.as_deref() {
         Some("-") => Ok(()),
         Some(f) if !Path::new(f).exists() => bail!("Dockerfile {f:?} does not exist"),
         None if !dir.join("Dockerfile").exists() => bail!(
             "no Dockerfile in the context {:?} (name one with -f)",
-            args.context
+            args.context()
         ),
         _ => Ok(()),
     }
 }
 
 fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String, Vec<u8>)> {
-    if args.context == "-" {
+    if args.context() == "-" {
         let ctx = BuildContext::from_tar(
             std::io::stdin().lock(),
             &store.tmp_dir(),
@@ -986,9 +1104,9 @@ fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String,
             .with_context(|| format!("cannot read {name} from the context on stdin"))?;
         return Ok((ctx, name, bytes));
     }
-    let dir = Path::new(&args.context);
+    let dir = Path::new(args.context());
     if !dir.is_dir() {
-        bail!("context {:?} is not a directory", args.context);
+        bail!("context {:?} is not a directory", args.context());
     }
     match args.file.as_deref() {
         Some("-") => {

@@ -1,7 +1,7 @@
 //! Build progress: one stream of events, rendered as plain lines, a redrawn tty line, or
 //! nothing (quiet). Everything goes to stderr; stdout is left for `dest=-` and `-q`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,24 +17,6 @@ pub enum Mode {
     RawJson,
     /// Nothing.
     Quiet,
-}
-
-impl Mode {
-    /// Parses `--progress` (`auto` picks tty when stderr is a terminal).
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "auto" => Some(if std::io::stderr().is_terminal() {
-                Mode::Tty
-            } else {
-                Mode::Plain
-            }),
-            "plain" => Some(Mode::Plain),
-            "rawjson" => Some(Mode::RawJson),
-            "tty" => Some(Mode::Tty),
-            "quiet" => Some(Mode::Quiet),
-            _ => None,
-        }
-    }
 }
 
 /// A step that has started; finish it with [`Progress::done`] or [`Progress::failed`].
@@ -251,16 +233,6 @@ fn secs(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_modes() {
-        assert_eq!(Mode::parse("plain"), Some(Mode::Plain));
-        assert_eq!(Mode::parse("quiet"), Some(Mode::Quiet));
-        assert_eq!(Mode::parse("tty"), Some(Mode::Tty));
-        assert!(Mode::parse("auto").is_some());
-        assert_eq!(Mode::parse("rawjson"), Some(Mode::RawJson));
-        assert_eq!(Mode::parse("fancy"), None);
-    }
 
     #[test]
     fn control_characters_are_escaped() {

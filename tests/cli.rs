@@ -827,13 +827,29 @@ fn help_and_version_words_and_every_subcommand_help() {
     let dir = TestDir::new("help");
     let help = rbuild(dir.path(), &["help"], None);
     assert_eq!(help.code, 0, "{}", help.summary());
-    for word in ["rbuild image load", "rbuild info", "rbuild du"] {
+    for word in [
+        "rbuild [build] [OPTIONS] CONTEXT",
+        "  image ",
+        "  info ",
+        "  du ",
+        "  prune ",
+        "  cache ",
+        "  version ",
+    ] {
         assert!(
             help.stdout_text().contains(word),
             "help lacks {word}: {}",
             help.stdout_text()
         );
     }
+    // `rbuild help CMD` is `rbuild CMD --help`.
+    let image_help = rbuild(dir.path(), &["help", "image"], None);
+    assert_eq!(image_help.code, 0, "{}", image_help.summary());
+    assert!(
+        image_help.stdout_text().contains("Usage: rbuild image"),
+        "{}",
+        image_help.stdout_text()
+    );
     let version = rbuild(dir.path(), &["version"], None);
     assert_eq!(version.code, 0, "{}", version.summary());
     assert!(
@@ -844,14 +860,32 @@ fn help_and_version_words_and_every_subcommand_help() {
     for cmd in [
         &["build", "--help"][..],
         &["image", "--help"][..],
+        &["image", "load", "--help"][..],
         &["image", "ls", "--help"][..],
+        &["image", "rm", "--help"][..],
+        &["image", "inspect", "--help"][..],
+        &["image", "tag", "--help"][..],
+        &["image", "push", "--help"][..],
+        &["image", "save", "--help"][..],
         &["du", "--help"][..],
         &["prune", "--help"][..],
         &["cache", "--help"][..],
+        &["cache", "check", "--help"][..],
         &["info", "--help"][..],
+        &["version", "--help"][..],
     ] {
         let ran = rbuild(dir.path(), cmd, None);
         assert_eq!(ran.code, 0, "rbuild {cmd:?}: {}", ran.summary());
+        // Each names itself in full (`rbuild image ls`, not `rbuild ls`).
+        let usage = match cmd[0] {
+            "build" => "Usage: rbuild [build] [OPTIONS] CONTEXT".to_string(),
+            _ => format!("Usage: rbuild {}", cmd[..cmd.len() - 1].join(" ")),
+        };
+        assert!(
+            ran.stdout_text().contains(&usage),
+            "rbuild {cmd:?} lacks {usage:?}: {}",
+            ran.stdout_text()
+        );
         let mut bad = cmd[..cmd.len() - 1].to_vec();
         bad.push("--bogus-flag");
         let ran = rbuild(dir.path(), &bad, None);
@@ -993,4 +1027,93 @@ fn annotations_go_into_the_manifest() {
         None,
     );
     assert_eq!(ran.code, 2, "{}", ran.summary());
+}
+
+#[test]
+fn image_tag_inspect_and_save() {
+    // A built image gets a second name, is inspected under it, and is saved in each format;
+    // skopeo reads every archive back with the manifest the build made.
+    let test = "image_tag_inspect_and_save";
+    let dir = TestDir::new("image-cmds");
+    let ctx = small_context(&dir);
+    let cache = dir.join("cache").to_string_lossy().into_owned();
+    let iid = dir.join("iid");
+    let meta = dir.join("meta.json");
+    let ran = rbuild(
+        dir.path(),
+        &[
+            "build",
+            "--cache-dir",
+            &cache,
+            "-t",
+            "first:1",
+            "--iidfile",
+            &iid.to_string_lossy(),
+            "--metadata-file",
+            &meta.to_string_lossy(),
+            &ctx.to_string_lossy(),
+        ],
+        None,
+    );
+    ran.assert_ok("build -t first:1");
+    let image_id = std::fs::read_to_string(&iid).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let manifest_digest = m["containerimage.digest"].as_str().unwrap().to_string();
+    let image = |args: &[&str]| {
+        let mut argv = vec!["image"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--cache-dir", &cache]);
+        rbuild(dir.path(), &argv, None)
+    };
+    image(&["tag", "first:1", "second:2", "third"]).assert_ok("image tag");
+    let ls = image(&["ls", "-q"]);
+    for n in [
+        "docker.io/library/first:1",
+        "docker.io/library/second:2",
+        "docker.io/library/third:latest",
+    ] {
+        assert!(ls.stdout_text().contains(n), "{n}: {}", ls.summary());
+    }
+    assert_eq!(
+        image(&["tag", "missing:1", "x:1"]).code,
+        1,
+        "tag of a missing image"
+    );
+
+    let inspected = image(&["inspect", "second:2"]);
+    inspected.assert_ok("image inspect");
+    let v: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(v[0]["Id"], image_id.trim(), "{v}");
+    assert_eq!(v[0]["ManifestDigest"], manifest_digest.as_str(), "{v}");
+    assert_eq!(v[0]["Config"]["Labels"]["test"], "cli", "{v}");
+    assert_eq!(v[0]["Layers"].as_array().map(Vec::len), Some(2), "{v}");
+
+    if !require_tools(test, &["skopeo"]) {
+        return;
+    }
+    for (format, file, transport) in [
+        ("oci-archive", "img.tar", "oci-archive"),
+        ("docker-archive", "img-docker.tar", "docker-archive"),
+        ("oci-dir", "layout", "oci"),
+    ] {
+        let out = dir.join(file);
+        let out_s = out.to_string_lossy().into_owned();
+        image(&["save", "second:2", "--format", format, "-o", &out_s])
+            .assert_ok(&format!("image save --format {format}"));
+        let cfg = skopeo_json(&["inspect", "--config", &format!("{transport}:{out_s}")])
+            .unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert_eq!(
+            cfg["config"]["Labels"]["test"], "cli",
+            "{format}: skopeo reads the saved config"
+        );
+        if format != "docker-archive" {
+            let raw = skopeo(&["inspect", "--raw", &format!("{transport}:{out_s}")])
+                .unwrap_or_else(|e| panic!("{format}: {e}"));
+            assert_eq!(
+                format!("sha256:{}", sha256_hex(&raw)),
+                manifest_digest,
+                "{format}: the saved manifest is the built one"
+            );
+        }
+    }
 }

@@ -589,4 +589,32 @@ fn push_flag_pushes_under_the_tags() {
         "{}",
         ran.summary()
     );
+
+    // `image push NAME DEST` sends the stored image under another name: the registry then
+    // serves the same manifest bytes under both.
+    if !require_tools(test, &["skopeo"]) {
+        return;
+    }
+    let copy = format!("{}/flag/copy:v2", registry.host);
+    let ran = b.image_cmd("push", &[&name, &copy]);
+    ran.assert_ok("image push NAME DEST");
+    assert!(
+        ran.stdout_text()
+            .contains(&format!("pushed {copy}@sha256:")),
+        "{}",
+        ran.summary()
+    );
+    let raw = |n: &str| {
+        tool(
+            Command::new("skopeo")
+                .args(["inspect", "--tls-verify=false", "--raw"])
+                .arg(format!("docker://{n}")),
+        )
+        .unwrap_or_else(|e| panic!("skopeo inspect --raw {n}: {e}"))
+    };
+    assert_eq!(
+        raw(&copy),
+        raw(&name),
+        "image push sent the stored manifest"
+    );
 }

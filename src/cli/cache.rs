@@ -1,15 +1,14 @@
 //! `rbuild du`, `rbuild prune` and `rbuild cache check`: what the cache holds, making it
 //! smaller, and checking it.
 
-use std::ffi::OsString;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 
-use super::{default_cache_dir, EXIT_BUILD_FAILED, EXIT_OK, EXIT_USAGE};
+use super::{default_cache_dir, EXIT_BUILD_FAILED, EXIT_OK};
 use crate::store::gc::{self, parse_duration, Filter, Policy, Space, Usage};
 use crate::store::index::{now, RecordKind};
 use crate::store::Store;
@@ -78,9 +77,8 @@ impl CacheDirArg {
 }
 
 /// `rbuild du`: the cache's records and their sizes.
-#[derive(Debug, Parser)]
-#[command(name = "rbuild du")]
-struct DuArgs {
+#[derive(Debug, Args)]
+pub struct DuArgs {
     #[command(flatten)]
     cache: CacheDirArg,
     /// Show every field of every record.
@@ -92,9 +90,8 @@ struct DuArgs {
 }
 
 /// `rbuild prune`: removes cache records.
-#[derive(Debug, Parser)]
-#[command(name = "rbuild prune")]
-struct PruneArgs {
+#[derive(Debug, Args)]
+pub struct PruneArgs {
     #[command(flatten)]
     cache: CacheDirArg,
     /// Base images (pulled or loaded) too.
@@ -114,9 +111,8 @@ struct PruneArgs {
 }
 
 /// `rbuild cache`: checks.
-#[derive(Debug, Parser)]
-#[command(name = "rbuild cache")]
-struct CacheArgs {
+#[derive(Debug, Args)]
+pub struct CacheArgs {
     #[command(flatten)]
     cache: CacheDirArg,
     #[command(subcommand)]
@@ -133,27 +129,26 @@ enum CacheCommand {
     },
 }
 
-/// Runs `rbuild du|prune|cache …` (`argv[1]` names it) and returns the exit code.
-pub fn main(mut argv: Vec<OsString>) -> i32 {
-    let program = argv.remove(0);
-    let which = argv[0].to_string_lossy().into_owned();
-    argv[0] = program;
-    let result = match which.as_str() {
-        "du" => DuArgs::try_parse_from(&argv).map(du),
-        "prune" => PruneArgs::try_parse_from(&argv).map(prune),
-        _ => CacheArgs::try_parse_from(&argv).map(cache),
+/// Which of the cache commands.
+pub enum Which {
+    /// `rbuild du`.
+    Du(DuArgs),
+    /// `rbuild prune`.
+    Prune(PruneArgs),
+    /// `rbuild cache`.
+    Cache(CacheArgs),
+}
+
+/// Runs `rbuild du|prune|cache …` and returns the exit code.
+pub fn main(which: Which) -> i32 {
+    let result = match which {
+        Which::Du(a) => du(a),
+        Which::Prune(a) => prune(a),
+        Which::Cache(a) => cache(a),
     };
     match result {
+        Ok(code) => code,
         Err(e) => {
-            let _ = e.print();
-            if e.use_stderr() {
-                EXIT_USAGE
-            } else {
-                EXIT_OK
-            }
-        }
-        Ok(Ok(code)) => code,
-        Ok(Err(e)) => {
             super::print_error(&e);
             EXIT_BUILD_FAILED
         }

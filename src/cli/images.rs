@@ -1,22 +1,24 @@
 //! `rbuild image load|ls|rm`: the images kept in the store (base images for offline
 //! builds).
 
-use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
-use super::{EXIT_BUILD_FAILED, EXIT_OK, EXIT_USAGE};
+use super::{EXIT_BUILD_FAILED, EXIT_OK};
+use crate::export::{export, Destination, ExportRequest, ExportTargets, OutputKind};
 use crate::image::reference::Reference;
 use crate::plan::Platform;
 use crate::source::archive::import;
-use crate::source::image::open_stored;
+use crate::source::image::{open_stored, open_stored_built};
+use crate::store::images::ImageRecord;
+use crate::store::Store;
 
-/// Manage the images in rbuild's store.
-#[derive(Debug, Parser)]
-#[command(name = "rbuild image")]
-struct ImageArgs {
+/// `rbuild image`: manage the images in rbuild's store.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
     #[command(flatten)]
     cache: super::cache::CacheDirArg,
     #[command(subcommand)]
@@ -59,19 +61,59 @@ enum ImageCommand {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
+    /// Print images' names, digests, config and layers as a JSON array.
+    Inspect {
+        /// Image names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Give an image more names.
+    Tag {
+        /// The image's name.
+        #[arg(value_name = "NAME")]
+        source: String,
+        /// The new names.
+        #[arg(required = true, value_name = "NEW_NAME")]
+        targets: Vec<String>,
+    },
+    /// Push an image to its registry, or under another name to DESTINATION's.
+    Push {
+        /// The image's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Push under this name instead.
+        #[arg(value_name = "DESTINATION")]
+        destination: Option<String>,
+        #[command(flatten)]
+        registry: super::RegistryArgs,
+    },
+    /// Write an image as an archive or layout (to stdout by default).
+    Save {
+        /// The image's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The file (`-` for stdout), or the directory for `oci-dir`.
+        #[arg(short = 'o', long = "output", value_name = "PATH", default_value = "-")]
+        output: PathBuf,
+        /// The format.
+        #[arg(long, value_enum, default_value = "oci-archive")]
+        format: SaveFormat,
+    },
 }
 
-/// Runs `rbuild image …` (`argv[1]` is `image`) and returns the exit code.
-pub fn main(mut argv: Vec<OsString>) -> i32 {
-    let program = argv.remove(0);
-    argv[0] = program; // "image" takes the program's place for clap
-    let args = match ImageArgs::try_parse_from(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
-        }
-    };
+/// `image save --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SaveFormat {
+    /// An OCI image layout in a tar archive.
+    OciArchive,
+    /// An OCI image layout directory.
+    OciDir,
+    /// A docker-archive (`docker load`).
+    DockerArchive,
+}
+
+/// Runs `rbuild image …` and returns the exit code.
+pub fn main(args: ImageArgs) -> i32 {
     match run(args) {
         Ok(()) => EXIT_OK,
         Err(e) => {
@@ -151,7 +193,118 @@ fn run(args: ImageArgs) -> Result<()> {
             }
             Ok(())
         }
+        ImageCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            for n in &names {
+                out.push(inspect(&store, n, &platform)?);
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        ImageCommand::Tag { source, targets } => {
+            let (_, record) = stored(&store, &source)?;
+            for t in &targets {
+                let full = Reference::parse(t)?.with_default_tag().to_string();
+                store.set_image(&full, &record.manifest_digest()?, &record.source)?;
+                println!("Tagged {full}");
+            }
+            Ok(())
+        }
+        ImageCommand::Push {
+            name,
+            destination,
+            registry,
+        } => {
+            let (full, record) = stored(&store, &name)?;
+            let image = open_stored_built(&store, &full, &record.manifest_digest()?, &platform)?;
+            let dest =
+                Reference::parse(destination.as_deref().unwrap_or(&full))?.with_default_tag();
+            let digest = registry
+                .client()?
+                .push(&dest, &image, &store, &[])
+                .with_context(|| format!("cannot push {dest}"))?;
+            println!("pushed {dest}@{digest}");
+            Ok(())
+        }
+        ImageCommand::Save {
+            name,
+            output,
+            format,
+        } => save(&store, &name, output, format, &platform),
     }
+}
+
+/// The record of image `name` (its normalised name and record).
+fn stored(store: &Store, name: &str) -> Result<(String, ImageRecord)> {
+    let full = Reference::parse(name)?.with_default_tag().to_string();
+    let record = store
+        .image(&full)?
+        .ok_or_else(|| anyhow!("no such image: {full}"))?;
+    Ok((full, record))
+}
+
+/// `image inspect`'s object for one image: docker's field names where they apply.
+fn inspect(store: &Store, name: &str, platform: &Platform) -> Result<serde_json::Value> {
+    let (full, record) = stored(store, name)?;
+    let image = open_stored_built(store, &full, &record.manifest_digest()?, platform)?;
+    let config: serde_json::Value = serde_json::from_slice(&image.config)?;
+    Ok(serde_json::json!({
+        "Id": image.config_digest.to_string(),
+        "Name": full,
+        "Digest": record.digest,
+        "ManifestDigest": image.manifest_digest.to_string(),
+        "Source": record.source,
+        "Created": config.get("created"),
+        "Architecture": config.get("architecture"),
+        "Os": config.get("os"),
+        "Size": image.layers.iter().map(|l| l.size).sum::<u64>(),
+        "Config": config.get("config"),
+        "RootFS": config.get("rootfs"),
+        "Layers": image.layers.iter().map(|l| serde_json::json!({
+            "Digest": l.digest.to_string(),
+            "DiffID": l.diff_id.to_string(),
+            "Size": l.size,
+            "MediaType": l.media_type,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// `image save`: the stored image written as `format` asks.
+fn save(
+    store: &Store,
+    name: &str,
+    output: PathBuf,
+    format: SaveFormat,
+    platform: &Platform,
+) -> Result<()> {
+    let (full, record) = stored(store, name)?;
+    let image = open_stored_built(store, &full, &record.manifest_digest()?, platform)?;
+    let dest = if output.as_os_str() == "-" {
+        if std::io::stdout().is_terminal() {
+            bail!("refusing to write an archive to a terminal: redirect stdout or give -o FILE");
+        }
+        Destination::Stdout
+    } else {
+        Destination::Path(output)
+    };
+    let kind = match format {
+        SaveFormat::OciArchive => OutputKind::Oci { tar: true },
+        SaveFormat::OciDir => OutputKind::Oci { tar: false },
+        SaveFormat::DockerArchive => OutputKind::Docker,
+    };
+    let req = ExportRequest {
+        kind,
+        dest,
+        names: vec![full],
+    };
+    let client = super::RegistryArgs::default().client()?;
+    let targets = ExportTargets {
+        store,
+        registry: &client,
+        mount_from: &[],
+    };
+    export(&targets, &image, &req, None)?;
+    Ok(())
 }
 
 fn human_size(bytes: u64) -> String {

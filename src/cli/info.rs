@@ -1,15 +1,14 @@
 //! `rbuild info`: what rbuild found on this machine, what it will use, and why; for each
 //! missing piece, the fix.
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Parser;
+use clap::Args;
 use nix::sched::CloneFlags;
 
 use super::cache::CacheDirArg;
-use super::{default_cache_dir, EXIT_BUILD_FAILED, EXIT_OK, EXIT_USAGE};
+use super::{default_cache_dir, EXIT_BUILD_FAILED, EXIT_OK};
 use crate::sandbox::caps::DEFAULT_CAPS;
 use crate::sandbox::run::{can_unshare, STEP_NAMESPACES};
 use crate::sandbox::seccomp::{kernel_version, Filter};
@@ -17,27 +16,14 @@ use crate::sandbox::userns::{facts, probe, Mapping, SubIdRange};
 use crate::snapshot::clone::can_reflink;
 
 /// `rbuild info`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "rbuild info",
-    bin_name = "rbuild info",
-    about = "What rbuild found on this machine, what builds will use, and why"
-)]
-struct InfoArgs {
+#[derive(Debug, Args)]
+pub struct InfoArgs {
     #[command(flatten)]
     cache: CacheDirArg,
 }
 
-/// Runs `rbuild info ARGS` (argv\[1\] is `info`) and returns the exit code.
-pub fn main(mut argv: Vec<OsString>) -> i32 {
-    argv.remove(0);
-    let args = match InfoArgs::try_parse_from(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
-        }
-    };
+/// Runs `rbuild info` and returns the exit code.
+pub fn main(args: InfoArgs) -> i32 {
     match run(args.cache.cache_dir) {
         Ok(()) => EXIT_OK,
         Err(e) => {

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::image::config::ImageConfig;
 use crate::image::oci::ImageManifest;
-use crate::image::Layer;
+use crate::image::{BuiltImage, Layer};
 use crate::plan::Platform;
 use crate::source::index::{parse_index, select_platform};
 use crate::store::{Digest, Store};
@@ -73,23 +73,57 @@ pub fn open_stored(
     digest: &Digest,
     platform: &Platform,
 ) -> Result<BaseImage> {
+    let manifest_digest = platform_manifest(store, name, digest, platform)?;
+    let mut image = open_manifest(store, name, &manifest_digest)?;
+    image.digest = digest.clone();
+    Ok(image)
+}
+
+/// The stored image `name` (manifest or index blob `digest`) as a build's result is: the
+/// platform's manifest and config bytes as stored, and its layers; for saving or pushing
+/// it again.
+pub fn open_stored_built(
+    store: &Store,
+    name: &str,
+    digest: &Digest,
+    platform: &Platform,
+) -> Result<BuiltImage> {
+    let manifest_digest = platform_manifest(store, name, digest, platform)?;
+    let image = open_manifest(store, name, &manifest_digest)?;
+    let manifest = store.read_blob(&manifest_digest)?;
+    let config_digest = serde_json::from_slice::<ImageManifest>(&manifest)?
+        .config
+        .digest()?;
+    let config = store.read_blob(&config_digest)?;
+    Ok(BuiltImage {
+        manifest_digest,
+        manifest,
+        config_digest,
+        config,
+        layers: image.layers,
+    })
+}
+
+/// The digest of `platform`'s manifest: `digest` itself, or the entry chosen from the
+/// index it names.
+fn platform_manifest(
+    store: &Store,
+    name: &str,
+    digest: &Digest,
+    platform: &Platform,
+) -> Result<Digest> {
     let bytes = store
         .read_blob(digest)
         .with_context(|| format!("image {name} is incomplete in the store"))?;
     let doc: Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("image {name}: manifest {digest} is not JSON"))?;
-    let manifest_digest = match manifest_kind(&doc)? {
+    match manifest_kind(&doc)? {
         ManifestKind::Index => {
             let entries = parse_index(&bytes).with_context(|| format!("image {name}"))?;
-            let chosen = select_platform(&entries, platform, &format!("image {name}"))?.digest()?;
-            return open_manifest(store, name, &chosen).map(|mut b| {
-                b.digest = digest.clone();
-                b
-            });
+            select_platform(&entries, platform, &format!("image {name}"))?.digest()
         }
-        ManifestKind::Manifest => digest.clone(),
-    };
-    open_manifest(store, name, &manifest_digest)
+        ManifestKind::Manifest => Ok(digest.clone()),
+    }
 }
 
 fn open_manifest(store: &Store, name: &str, digest: &Digest) -> Result<BaseImage> {

@@ -25,18 +25,6 @@ pub enum PullPolicy {
     Never,
 }
 
-impl PullPolicy {
-    /// Parses `missing`, `always` or `never` (`true`/`false` as buildx's boolean `--pull`).
-    pub fn parse(s: &str) -> Result<PullPolicy> {
-        match s {
-            "missing" | "false" => Ok(PullPolicy::Missing),
-            "always" | "true" => Ok(PullPolicy::Always),
-            "never" => Ok(PullPolicy::Never),
-            other => bail!("invalid --pull {other:?}: expected missing, always or never"),
-        }
-    }
-}
-
 /// A `--build-context NAME=VALUE` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NamedContext {
@@ -247,8 +235,6 @@ mod tests {
         );
         assert!(NamedContext::parse("git://x").is_err());
         assert!(NamedContext::parse("/definitely/not/here").is_err());
-        assert_eq!(PullPolicy::parse("true").unwrap(), PullPolicy::Always);
-        assert!(PullPolicy::parse("sometimes").is_err());
     }
 
     #[test]

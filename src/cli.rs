@@ -14,7 +14,7 @@ use crate::dockerfile::{self, ast::Dockerfile};
 use crate::export::{export, Destination, ExportRequest, ExportTargets, OutputKind};
 use crate::image::reference::Reference;
 use crate::plan::{LineError, Plan, PlanOptions, Platform};
-use crate::progress::{printable, Mode, Progress};
+use crate::progress::{printable, Mode, Progress, Status};
 use crate::sandbox::seccomp::Filter;
 use crate::snapshot::clone::Snapshotter;
 use crate::solver::cache::CacheOptions;
@@ -869,7 +869,25 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
 
     // Context and Dockerfile: naming ones that do not exist is a usage error.
     check_inputs_exist(args).map_err(usage)?;
-    let (context, df_name, df_bytes) = load_inputs(args, &store).map_err(build_failed)?;
+    let (context, df_name, df_bytes) = {
+        let name = args
+            .file
+            .as_deref()
+            .and_then(|f| Path::new(f).file_name())
+            .map_or_else(|| "Dockerfile".into(), |n| n.to_string_lossy());
+        let h = progress.start(format!("[internal] load build definition from {name}"));
+        match load_inputs(args, &store, &progress) {
+            Ok(inputs) => {
+                progress.status(&h, &transferred("transferring dockerfile", inputs.2.len()));
+                progress.done(h, false);
+                inputs
+            }
+            Err(e) => {
+                progress.failed(h);
+                return Err(build_failed(e));
+            }
+        }
+    };
     let fail = |e: anyhow::Error| Failure::Build(e, df_name.clone(), Some(df_bytes.clone()));
     let df: Dockerfile = dockerfile::parse(&df_bytes).map_err(|e| {
         fail(if e.line > 0 {
@@ -1007,6 +1025,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         write_atomic(f, &text).map_err(build_failed)?;
     }
     collect_garbage(&store, gc_policy, &progress);
+    progress.finish(true);
     if args.quiet {
         println!("{image_id}");
     } else {
@@ -1083,14 +1102,42 @@ fn check_inputs_exist(args: &BuildArgs) -> Result<()> {
     }
 }
 
-fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String, Vec<u8>)> {
+/// A finished status of `bytes` bytes.
+fn transferred(what: &str, bytes: usize) -> Status {
+    Status {
+        id: what.into(),
+        current: bytes as u64,
+        total: None,
+        completed: true,
+    }
+}
+
+/// Reads the context and the Dockerfile; a context on stdin shows as its own step
+/// (`[internal] load build context`, with its bytes).
+fn load_inputs(
+    args: &BuildArgs,
+    store: &Store,
+    progress: &Progress,
+) -> Result<(BuildContext, String, Vec<u8>)> {
     if args.context() == "-" {
-        let ctx = BuildContext::from_tar(
-            std::io::stdin().lock(),
-            &store.tmp_dir(),
-            args.file.as_deref(),
-        )
-        .context("cannot read the build context from stdin")?;
+        let h = progress.start("[internal] load build context".into());
+        let mut counted = CountingReader {
+            inner: std::io::stdin().lock(),
+            count: 0,
+        };
+        let ctx = BuildContext::from_tar(&mut counted, &store.tmp_dir(), args.file.as_deref())
+            .context("cannot read the build context from stdin");
+        let ctx = match ctx {
+            Ok(c) => {
+                progress.status(&h, &transferred("transferring context", counted.count));
+                progress.done(h, false);
+                c
+            }
+            Err(e) => {
+                progress.failed(h);
+                return Err(e);
+            }
+        };
         let name = args.file.clone().unwrap_or_else(|| "Dockerfile".into());
         // Resolved like a COPY source: a symlinked Dockerfile cannot lead outside.
         let found = ctx
@@ -1128,6 +1175,20 @@ fn load_inputs(args: &BuildArgs, store: &Store) -> Result<(BuildContext, String,
             let name = file.unwrap_or("Dockerfile").to_string();
             Ok((BuildContext::from_dir(dir, Some(&path))?, name, bytes))
         }
+    }
+}
+
+/// A reader that counts the bytes read through it.
+struct CountingReader<R> {
+    inner: R,
+    count: usize,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n;
+        Ok(n)
     }
 }
 

@@ -1117,3 +1117,106 @@ fn image_tag_inspect_and_save() {
         }
     }
 }
+
+/// Runs `rbuild ARGS` in a pseudo-terminal (util-linux `script`); returns its exit code and
+/// everything it wrote to the terminal.
+fn rbuild_in_pty(dir: &Path, args: &[String]) -> (i32, String) {
+    let quoted: Vec<String> = std::iter::once(common::rbuild_bin().display().to_string())
+        .chain(args.iter().cloned())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut cmd = Command::new("script");
+    cmd.current_dir(dir).env("TERM", "xterm").args([
+        "-q",
+        "-e",
+        "-c",
+        &quoted.join(" "),
+        "/dev/null",
+    ]);
+    let ran = run_cmd(&mut cmd, None, common::RBUILD_TIMEOUT);
+    (ran.code, String::from_utf8_lossy(&ran.stdout).into_owned())
+}
+
+#[test]
+fn tty_progress_in_a_pseudo_terminal() {
+    // buildx's live view: a `[+] Building` header whose timer runs, a row per step whose
+    // timer runs while it does, the running step's last output lines, and a last frame
+    // marked FINISHED with every step counted; a failure shows ERROR and its output.
+    let test = "tty_progress_in_a_pseudo_terminal";
+    if !require_tools(test, &["script"]) {
+        return;
+    }
+    let Some(bb) = common::build::busybox(test) else {
+        return;
+    };
+    let b = common::build::Build::scratch("tty");
+    b.load_busybox(&bb);
+    let build = |dockerfile: &str| {
+        std::fs::write(&b.dockerfile, dockerfile).unwrap();
+        let args: Vec<String> = [
+            "build",
+            "--cache-dir",
+            &b.cache.to_string_lossy(),
+            "--pull=never",
+            "-f",
+            &b.dockerfile.to_string_lossy(),
+            &b.ctx.to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        rbuild_in_pty(b.dir.path(), &args)
+    };
+    let distinct_times = |text: &str, row: &str| {
+        let mut times: Vec<String> = text
+            .split(['\r', '\n'])
+            .filter(|l| l.contains(row))
+            .filter_map(|l| {
+                // The header's time follows "Building "; a row's ends the row.
+                let t = match l.split_once("Building ") {
+                    Some((_, rest)) => rest.split(' ').next()?,
+                    None => l.trim_end().rsplit(' ').next()?,
+                };
+                let n = t.strip_suffix('s')?;
+                n.parse::<f64>().ok().map(|_| n.to_string())
+            })
+            .collect();
+        times.sort();
+        times.dedup();
+        times.len()
+    };
+
+    let (code, out) = build("FROM busybox\nRUN echo step-output && sleep 1.5 && echo end\n");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        distinct_times(&out, "[+] Building") >= 5,
+        "the header's timer did not run: {out}"
+    );
+    assert!(
+        distinct_times(&out, "RUN echo step-output") >= 5,
+        "the running step's timer did not run: {out}"
+    );
+    assert!(
+        out.contains("=> => # step-output"),
+        "the running step's output was not shown: {out}"
+    );
+    let last = out
+        .split(['\r', '\n'])
+        .rfind(|l| l.contains("[+] Building"))
+        .unwrap_or_default()
+        .to_string();
+    // definition, metadata, FROM, RUN
+    assert!(last.ends_with("(4/4) FINISHED"), "last frame: {last:?}");
+
+    let (code, out) = build("FROM busybox\nRUN echo failing-output && exit 3\n");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("=> ERROR [stage-0 2/2] RUN echo failing-output"),
+        "{out}"
+    );
+    assert!(
+        out.contains(" > [stage-0 2/2] RUN echo failing-output && exit 3:"),
+        "the failed step's output block: {out}"
+    );
+    assert!(!out.contains("FINISHED"), "{out}");
+}

@@ -473,6 +473,22 @@ fn cli_push_then_build_from_the_registry() {
         "one layer on the base"
     );
     assert_eq!(layers[..pushed_layers.len()], pushed_layers[..]);
+    // The pull shows as buildx shows it: a metadata step, each blob's bytes, the FROM step.
+    let err = built.ran.stderr_text();
+    assert!(
+        err.contains(&format!("[internal] load metadata for {name}")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("resolve {name}@sha256:")), "{err}");
+    for l in &pushed_layers {
+        assert!(
+            err.lines().any(|line| line.contains(l.as_str())
+                && line.contains(" / ")
+                && line.ends_with(" done")),
+            "no byte count for {l}: {err}"
+        );
+    }
+    assert!(err.contains(&format!("FROM {name}@sha256:")), "{err}");
     assert_eq!(
         metadata(&meta)["rbuild.base-images"],
         serde_json::json!([{ "name": name, "digest": digest }])

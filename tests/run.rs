@@ -1522,7 +1522,7 @@ fn independent_stages_run_at_once_and_a_failure_stops_the_others() {
     let id_of = |stage: &str| {
         lines
             .iter()
-            .find(|l| l.contains(&format!("[{stage} 1/1] RUN")))
+            .find(|l| l.contains(&format!("[{stage} 2/2] RUN")))
             .and_then(|l| l.split(' ').next())
             .unwrap_or_else(|| panic!("no step of stage {stage}: {err}"))
             .to_string()
@@ -1556,8 +1556,21 @@ fn independent_stages_run_at_once_and_a_failure_stops_the_others() {
     one.assert_ok("--jobs 1");
     let err1 = one.stderr_text();
     let pos = |pat: &str| err1.find(pat).unwrap_or_else(|| panic!("{pat}: {err1}"));
+    // Numbered in start order: the first RUN to start ended before the next started.
+    let first_run = ["a", "b", "c"]
+        .iter()
+        .map(|s| pos(&format!("[{s} 2/2] RUN")))
+        .min()
+        .unwrap();
+    let first_id = err1[..first_run].rsplit('\n').next().unwrap().trim_end();
+    let second_run = ["a", "b", "c"]
+        .iter()
+        .map(|s| pos(&format!("[{s} 2/2] RUN")))
+        .filter(|&p| p > first_run)
+        .min()
+        .unwrap();
     assert!(
-        pos("[b 1/1] RUN") > pos("#1 DONE"),
+        second_run > pos(&format!("{first_id} DONE")),
         "--jobs 1 overlapped:\n{err1}"
     );
 

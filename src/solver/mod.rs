@@ -10,6 +10,7 @@ pub mod run;
 pub mod users;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,9 +23,11 @@ use crate::image::oci::{Descriptor, ImageManifest};
 use crate::image::{BuiltImage, Layer, MEDIA_TYPE_CONFIG};
 use crate::plan::steps::{expand_stage, ConfigEdit, CopyFrom, Step, StepKind, DEFAULT_PATH};
 use crate::plan::{at_line, with_line, Base, Plan, Platform};
-use crate::progress::{Progress, StepHandle};
+use crate::progress::{Progress, Status, StepHandle};
 use crate::snapshot::clone::Snapshotter;
 use crate::snapshot::{write_layer, EntryKind, LayerEntry, LayerOptions};
+use crate::source::image::BaseImage;
+use crate::source::registry::PullEvent;
 use crate::source::resolver::Resolver;
 use crate::store::{Digest, Store};
 use cache::{chain_id, from_result, step_key, to_result, CacheOptions, KeyBase};
@@ -257,6 +260,7 @@ fn run_stage(
             ));
         }
     }
+    let mut from_step = None;
     let mut state = match &sp.base {
         Base::Scratch => StageState {
             config: scratch_config(&plan.options.platform),
@@ -275,7 +279,8 @@ fn run_stage(
             }
         }
         Base::Image(r) => {
-            let base = inp.images.image(r).map_err(|e| at_line(sp.line, e))?;
+            let (base, pulled) = load_base(inp, r).map_err(|e| at_line(sp.line, e))?;
+            from_step = Some((format!("{}@{}", base.name, base.digest), pulled));
             StageState {
                 config: base.config,
                 layers: base.layers,
@@ -286,7 +291,15 @@ fn run_stage(
     let expanded = expand_stage(plan, index, &state.config)?;
     // The base's ONBUILD triggers became this stage's first steps; they are not inherited.
     state.config.config.on_build.clear();
-    let total = expanded.steps.len();
+    // An image base is step 1, as BuildKit numbers them.
+    let first = usize::from(from_step.is_some());
+    let total = expanded.steps.len() + first;
+    if let Some((name, pulled)) = from_step {
+        let h = inp
+            .progress
+            .start(format!("[{} 1/{total}] FROM {name}", sp.label()));
+        inp.progress.done(h, !pulled && inp.cache.reads(index));
+    }
     // A metadata step is CACHED when the stage's layer steps so far were (and there
     // was one).
     let mut all_cached = false;
@@ -299,7 +312,7 @@ fn run_stage(
         let handle = inp.progress.start(format!(
             "[{} {}/{}] {}",
             sp.label(),
-            n + 1,
+            n + 1 + first,
             total,
             step.text
         ));
@@ -342,6 +355,58 @@ fn run_stage(
         inp.progress.done(handle, cached);
     }
     Ok((state, expanded.used_args))
+}
+
+/// Resolves base image `r` under an `[internal] load metadata` step that shows a pull's
+/// bytes; also says whether anything was downloaded.
+fn load_base(inp: &BuildInputs<'_>, r: &str) -> Result<(BaseImage, bool)> {
+    let handle = inp
+        .progress
+        .start(format!("[internal] load metadata for {r}"));
+    let pulled = AtomicBool::new(false);
+    let report = |e: &PullEvent| {
+        if matches!(e, PullEvent::Downloaded { .. }) {
+            pulled.store(true, Ordering::Relaxed);
+        }
+        inp.progress.status(&handle, &pull_status(r, e));
+    };
+    match inp.images.image_reporting(r, Some(&report)) {
+        Ok(base) => {
+            let pulled = pulled.load(Ordering::Relaxed);
+            inp.progress.done(handle, false);
+            Ok((base, pulled))
+        }
+        Err(e) => {
+            inp.progress.failed(handle);
+            Err(e)
+        }
+    }
+}
+
+/// A pull event as a progress status (`resolve REF@DIGEST`, a blob's bytes).
+fn pull_status(r: &str, e: &PullEvent) -> Status {
+    let blob = |digest: &Digest, current: u64, total: u64, completed: bool| Status {
+        id: digest.to_string(),
+        current,
+        total: Some(total),
+        completed,
+    };
+    match e {
+        PullEvent::Resolved { manifest } => Status {
+            id: format!("resolve {r}@{manifest}"),
+            current: 0,
+            total: None,
+            completed: true,
+        },
+        PullEvent::Cached { digest, size } | PullEvent::Downloaded { digest, size } => {
+            blob(digest, *size, *size, true)
+        }
+        PullEvent::Progress {
+            digest,
+            done,
+            total,
+        } => blob(digest, *done, *total, false),
+    }
 }
 
 /// A scratch directory removed (even when read-only trees were unpacked into it) on drop.

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::archive::import_layout_image;
 use super::image::{open_stored, BaseImage};
+use super::registry::PullProgress;
 use crate::image::reference::Reference;
 use crate::plan::Platform;
 use crate::store::{Digest, Store};
@@ -77,13 +78,26 @@ impl NamedContext {
 
 /// Pulls an image from its registry into the store and returns its manifest digest.
 pub trait Puller: Sync {
-    /// Fetches `reference` (normalised, with tag or digest) for `platform`.
-    fn pull(&self, reference: &Reference, platform: &Platform, store: &Store) -> Result<Digest>;
+    /// Fetches `reference` (normalised, with tag or digest) for `platform`, reporting to
+    /// `progress`.
+    fn pull(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        store: &Store,
+        progress: PullProgress,
+    ) -> Result<Digest>;
 }
 
 impl Puller for super::registry::Client {
-    fn pull(&self, reference: &Reference, platform: &Platform, store: &Store) -> Result<Digest> {
-        let pulled = super::registry::Client::pull(self, reference, platform, store, None)?;
+    fn pull(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        store: &Store,
+        progress: PullProgress,
+    ) -> Result<Digest> {
+        let pulled = super::registry::Client::pull(self, reference, platform, store, progress)?;
         if reference.tag.is_some() {
             store.set_image(
                 &reference.to_string(),
@@ -146,8 +160,13 @@ impl<'a> Resolver<'a> {
 
     /// The image `name` (as written in FROM or `COPY --from`) stands for.
     pub fn image(&self, name: &str) -> Result<BaseImage> {
+        self.image_reporting(name, None)
+    }
+
+    /// As [`Resolver::image`], reporting a pull's progress to `progress`.
+    pub fn image_reporting(&self, name: &str, progress: PullProgress) -> Result<BaseImage> {
         let image = match self.named_context(name) {
-            Some(NamedContext::Image(r)) => self.registry_image(r)?,
+            Some(NamedContext::Image(r)) => self.registry_image(r, progress)?,
             Some(NamedContext::OciLayout { dir, selector }) => {
                 let digest = import_layout_image(self.store, dir, selector.as_deref())
                     .with_context(|| format!("build context {name}"))?;
@@ -158,7 +177,7 @@ impl<'a> Resolver<'a> {
                 "build context {name} is the directory {}; only COPY --from can use it, FROM needs an image",
                 d.display()
             ),
-            None => self.registry_image(name)?,
+            None => self.registry_image(name, progress)?,
         };
         if let Ok(mut used) = self.used.lock() {
             let entry = (image.name.clone(), image.digest.clone());
@@ -169,7 +188,7 @@ impl<'a> Resolver<'a> {
         Ok(image)
     }
 
-    fn registry_image(&self, name: &str) -> Result<BaseImage> {
+    fn registry_image(&self, name: &str, progress: PullProgress) -> Result<BaseImage> {
         let reference = Reference::parse(name)?.with_default_tag();
         let full = reference.to_string();
         if self.policy != PullPolicy::Always {
@@ -186,7 +205,7 @@ impl<'a> Resolver<'a> {
             anyhow!("image {full} is not in the local store, and this rbuild cannot reach registries; import it with `rbuild image load FILE`")
         })?;
         let digest = puller
-            .pull(&reference, &self.platform, self.store)
+            .pull(&reference, &self.platform, self.store, progress)
             .with_context(|| format!("cannot pull {full}"))?;
         open_stored(self.store, &full, &digest, &self.platform)
     }

@@ -1,19 +1,23 @@
 //! Build progress: one stream of events, rendered as plain lines, a redrawn tty line, or
 //! nothing (quiet). Everything goes to stderr; stdout is left for `dest=-` and `-q`.
 
-use std::io::Write;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
+
+mod rawjson;
+mod tty;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// One line per event, numbered like BuildKit's plain output.
     Plain,
-    /// The running step redrawn in place, finished steps kept.
+    /// buildx's live view: a `[+] Building` header, a row per step with its timer, the
+    /// last lines of running steps' output, redrawn in place.
     Tty,
-    /// One JSON document per line in buildx's `rawjson` shape (`vertexes`, `logs`), for
-    /// tools that read it.
+    /// One JSON document per line in buildx's `rawjson` shape (`vertexes`, `statuses`,
+    /// `logs`), for tools that read it.
     RawJson,
     /// Nothing.
     Quiet,
@@ -29,12 +33,31 @@ pub struct StepHandle {
     title: String,
 }
 
+/// Progress of one part of a step: a blob being fetched, a context being read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// What it is about (`sha256:…`, `transferring context`).
+    pub id: String,
+    /// Bytes done.
+    pub current: u64,
+    /// Bytes in all, when known.
+    pub total: Option<u64>,
+    /// Finished.
+    pub completed: bool,
+}
+
 /// The progress sink shared by the build.
 pub struct Progress {
     mode: Mode,
     next: Mutex<usize>,
     started: Instant,
+    /// When plain mode last printed a status of each step (statuses are throttled).
+    last_status: Mutex<HashMap<usize, Instant>>,
+    tty: Option<tty::Board>,
 }
+
+/// Plain mode prints a step's unfinished statuses at most this often.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 impl Progress {
     /// A sink in `mode`.
@@ -43,34 +66,30 @@ impl Progress {
             mode,
             next: Mutex::new(1),
             started: Instant::now(),
+            last_status: Mutex::new(HashMap::new()),
+            tty: (mode == Mode::Tty).then(tty::Board::start),
         }
     }
 
     /// Announces a step, e.g. `[stage-0 2/5] COPY a /b`.
     pub fn start(&self, title: String) -> StepHandle {
         let id = {
-            let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let mut n = lock(&self.next);
             let id = *n;
             *n += 1;
             id
         };
-        match self.mode {
-            Mode::Plain => eprintln!("#{id} {}", printable(&title)),
-            Mode::Tty => {
-                eprint!("\r\x1b[K => {}", printable(&title));
-                let _ = std::io::stderr().flush();
-            }
-            Mode::RawJson => {}
-            Mode::Quiet => {}
-        }
         let step = StepHandle {
             id,
             started: Instant::now(),
             started_at: SystemTime::now(),
             title,
         };
-        if self.mode == Mode::RawJson {
-            raw_vertex(&step, None);
+        match self.mode {
+            Mode::Plain => eprintln!("#{id} {}", printable(&step.title)),
+            Mode::Tty => self.board().add(id, &step.title),
+            Mode::RawJson => rawjson::vertex(&step, None),
+            Mode::Quiet => {}
         }
         step
     }
@@ -78,9 +97,40 @@ impl Progress {
     /// A line of output belonging to a step.
     pub fn log(&self, step: &StepHandle, line: &str) {
         match self.mode {
-            Mode::Plain => eprintln!("#{} {:.3} {line}", step.id, secs(step.started.elapsed())),
-            Mode::Tty => eprintln!("\r\x1b[K   {line}"),
-            Mode::RawJson => raw_log(step, line),
+            Mode::Plain => eprintln!(
+                "#{} {:.3} {}",
+                step.id,
+                secs(step.started.elapsed()),
+                printable(line)
+            ),
+            Mode::Tty => self.board().log(step.id, line),
+            Mode::RawJson => rawjson::log(step, line),
+            Mode::Quiet => {}
+        }
+    }
+
+    /// The progress of a part of a step (bytes of a blob).
+    pub fn status(&self, step: &StepHandle, status: &Status) {
+        match self.mode {
+            Mode::Plain => {
+                let mut last = lock(&self.last_status);
+                let now = Instant::now();
+                let due = last
+                    .get(&step.id)
+                    .is_none_or(|t| now.duration_since(*t) >= STATUS_EVERY);
+                if status.completed || due {
+                    last.insert(step.id, now);
+                    // Byte counts of blobs carry the time, as buildx's do.
+                    let time = match status.total {
+                        Some(_) => format!(" {:.1}s", secs(step.started.elapsed())),
+                        None => String::new(),
+                    };
+                    let done = if status.completed { " done" } else { "" };
+                    eprintln!("#{} {}{time}{done}", step.id, status_text(status));
+                }
+            }
+            Mode::Tty => self.board().status(step.id, status),
+            Mode::RawJson => rawjson::status(step, status),
             Mode::Quiet => {}
         }
     }
@@ -91,9 +141,8 @@ impl Progress {
         match self.mode {
             Mode::Plain if cached => eprintln!("#{} CACHED", step.id),
             Mode::Plain => eprintln!("#{} DONE {took:.1}s", step.id),
-            Mode::Tty if cached => eprintln!("\r\x1b[K => CACHED {}", printable(&step.title)),
-            Mode::Tty => eprintln!("\r\x1b[K => {} {took:.1}s", printable(&step.title)),
-            Mode::RawJson => raw_vertex(&step, Some((cached, None))),
+            Mode::Tty => self.board().end(step.id, tty::End::Done { cached }),
+            Mode::RawJson => rawjson::vertex(&step, Some((cached, None))),
             Mode::Quiet => {}
         }
     }
@@ -106,8 +155,8 @@ impl Progress {
                 step.id,
                 secs(step.started.elapsed())
             ),
-            Mode::Tty => eprintln!("\r\x1b[K => ERROR {}", printable(&step.title)),
-            Mode::RawJson => raw_vertex(&step, Some((false, Some("failed")))),
+            Mode::Tty => self.board().end(step.id, tty::End::Failed),
+            Mode::RawJson => rawjson::vertex(&step, Some((false, Some("failed")))),
             Mode::Quiet => {}
         }
     }
@@ -122,7 +171,16 @@ impl Progress {
                     eprintln!("{}", serde_json::json!({ "warnings": [{ "short": w }] }));
                 }
             }
-            _ => eprintln!("{}", printable(text)),
+            Mode::Tty => self.board().note(&printable(text)),
+            Mode::Plain => eprintln!("{}", printable(text)),
+        }
+    }
+
+    /// Ends the live view (tty): the last frame, marked FINISHED when `ok`. Later notes
+    /// print below it. Dropping the sink ends it too, as failed.
+    pub fn finish(&self, ok: bool) {
+        if let Some(b) = &self.tty {
+            b.finish(ok);
         }
     }
 
@@ -130,54 +188,49 @@ impl Progress {
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
-}
 
-/// A step's vertex digest in rawjson: stable for the step within the build.
-fn vertex_digest(step: &StepHandle) -> String {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(format!("{}\0{}", step.id, step.title).as_bytes());
-    format!("sha256:{}", hex::encode(h))
-}
-
-/// RFC 3339 with nanoseconds, as buildx writes times.
-fn nanos_rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = rfc3339(d.as_secs() as i64);
-    format!("{}.{:09}Z", secs.trim_end_matches('Z'), d.subsec_nanos())
-}
-
-/// A rawjson vertex line: started, or (`end`) completed, cached or failed.
-fn raw_vertex(step: &StepHandle, end: Option<(bool, Option<&str>)>) {
-    let mut v = serde_json::json!({
-        "digest": vertex_digest(step),
-        "name": step.title,
-        "started": nanos_rfc3339(step.started_at),
-    });
-    if let Some((cached, error)) = end {
-        v["completed"] = nanos_rfc3339(SystemTime::now()).into();
-        if cached {
-            v["cached"] = true.into();
-        }
-        if let Some(e) = error {
-            v["error"] = e.into();
-        }
+    fn board(&self) -> &tty::Board {
+        self.tty.as_ref().expect("tty mode has a board")
     }
-    eprintln!("{}", serde_json::json!({ "vertexes": [v] }));
 }
 
-/// A rawjson log line of a step's output (base64, stream 1, as buildx's).
-fn raw_log(step: &StepHandle, line: &str) {
-    use base64::Engine;
-    let data = base64::engine::general_purpose::STANDARD.encode(format!("{line}\n"));
-    eprintln!(
-        "{}",
-        serde_json::json!({ "logs": [{
-            "vertex": vertex_digest(step),
-            "stream": 1,
-            "data": data,
-            "timestamp": nanos_rfc3339(SystemTime::now()),
-        }] })
-    );
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+/// `sha256:… 1.2MB / 3.4MB`, or the bytes alone when the total is unknown.
+fn status_text(s: &Status) -> String {
+    match s.total {
+        Some(t) => format!(
+            "{} {} / {}",
+            printable(&s.id),
+            human_bytes(s.current),
+            human_bytes(t)
+        ),
+        None if s.current > 0 => format!("{}: {}", printable(&s.id), human_bytes(s.current)),
+        None => printable(&s.id).into_owned(),
+    }
+}
+
+/// Bytes as buildx prints them (decimal units: `2.10MB`, `512B`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
+    if n < 1000 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.2}{}", UNITS[unit])
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Formats seconds since the epoch as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
@@ -238,6 +291,13 @@ mod tests {
     fn control_characters_are_escaped() {
         assert_eq!(printable("plain\ttext\n"), "plain\ttext\n");
         assert_eq!(printable("a\x1b[2Jb\r\u{9b}"), "a\\x1b[2Jb\\x0d\\u{9b}");
+    }
+
+    #[test]
+    fn bytes_read_like_buildx() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(2_100_000), "2.10MB");
+        assert_eq!(human_bytes(3_400_000_000), "3.40GB");
     }
 
     #[test]

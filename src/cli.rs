@@ -21,7 +21,7 @@ use crate::solver::cache::CacheOptions;
 use crate::solver::mounts::MountInputs;
 use crate::solver::run::RunEnvironment;
 use crate::solver::{build, BuildInputs};
-use crate::source::registry::{Client, RegistryConfig};
+use crate::source::registry::{Client, PushEvent, RegistryConfig};
 use crate::source::resolver::{NamedContext, PullPolicy, Puller, Resolver};
 use crate::store::gc::{self, Disk, Policy};
 use crate::store::Store;
@@ -978,10 +978,12 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
             dest: o.dest.clone(),
             names,
         };
+        let report = |e: &PushEvent| progress.status(&handle, &push_status(e));
         let targets = ExportTargets {
             store: &store,
             registry: &client,
             mount_from: &base_refs,
+            push_progress: Some(&report),
         };
         match export(&targets, image, &req, epoch) {
             Ok(p) => {
@@ -1099,6 +1101,26 @@ fn check_inputs_exist(args: &BuildArgs) -> Result<()> {
             args.context()
         ),
         _ => Ok(()),
+    }
+}
+
+/// A push event as a progress status: a blob's bytes sent, or already there.
+fn push_status(e: &PushEvent) -> Status {
+    let (digest, current, total, completed) = match e {
+        PushEvent::Present { digest, size } | PushEvent::Uploaded { digest, size } => {
+            (digest, *size, *size, true)
+        }
+        PushEvent::Progress {
+            digest,
+            done,
+            total,
+        } => (digest, *done, *total, false),
+    };
+    Status {
+        id: format!("pushing {digest}"),
+        current,
+        total: Some(total),
+        completed,
     }
 }
 

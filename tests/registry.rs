@@ -605,6 +605,14 @@ fn push_flag_pushes_under_the_tags() {
         "{}",
         ran.summary()
     );
+    // Each blob's bytes, as buildx shows a push.
+    assert!(
+        ran.stderr_text()
+            .lines()
+            .any(|l| l.contains(" pushing sha256:") && l.contains(" / ") && l.ends_with(" done")),
+        "no byte counts of the push: {}",
+        ran.summary()
+    );
 
     // `image push NAME DEST` sends the stored image under another name: the registry then
     // serves the same manifest bytes under both.

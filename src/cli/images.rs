@@ -302,6 +302,7 @@ fn save(
         store,
         registry: &client,
         mount_from: &[],
+        push_progress: None,
     };
     export(&targets, &image, &req, None)?;
     Ok(())

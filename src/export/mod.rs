@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::image::reference::Reference;
 use crate::image::BuiltImage;
 use crate::snapshot::tar_writer::{TarHeader, TarKind, TarWriter};
-use crate::source::registry::Client;
+use crate::source::registry::{Client, PushProgress};
 use crate::store::{Digest, Store};
 
 /// Which exporter.
@@ -74,6 +74,8 @@ pub struct ExportTargets<'a> {
     pub registry: &'a Client,
     /// Repositories of base images, offered to registries for cross-repository mounts.
     pub mount_from: &'a [Reference],
+    /// Where pushes report each blob's bytes.
+    pub push_progress: PushProgress<'a>,
 }
 
 /// What an export pushed: each name with the manifest digest the registry holds.

@@ -36,7 +36,13 @@ pub fn export_image(
             .collect();
         let digest = targets
             .registry
-            .push(name, image, targets.store, &mount_from)
+            .push_reporting(
+                name,
+                image,
+                targets.store,
+                &mount_from,
+                targets.push_progress,
+            )
             .with_context(|| format!("cannot push {full}"))?;
         pushed.push((full, digest));
     }

@@ -31,6 +31,7 @@ pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use manifest::{Manifest, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST};
 pub use pull::{PullEvent, PullProgress, PulledImage};
+pub use push::{PushEvent, PushProgress};
 
 use auth::{Challenge, Token};
 use credentials::Credentials;

@@ -29,6 +29,18 @@ impl Client {
         store: &Store,
         mount_from: &[String],
     ) -> Result<Digest> {
+        self.push_reporting(reference, image, store, mount_from, None)
+    }
+
+    /// As [`Client::push`], reporting each blob's bytes to `progress`.
+    pub fn push_reporting(
+        &self,
+        reference: &Reference,
+        image: &BuiltImage,
+        store: &Store,
+        mount_from: &[String],
+        progress: PushProgress,
+    ) -> Result<Digest> {
         let sources: Vec<&str> = mount_from
             .iter()
             .map(String::as_str)
@@ -37,7 +49,7 @@ impl Client {
         let repo = self.push_session(reference, &sources)?;
         // The config goes first, alone: its answers teach the session the registry's
         // authentication before the layers go in parallel.
-        self.push_blob(&repo, &image.config_digest, store, &sources)?;
+        self.push_blob(&repo, &image.config_digest, store, &sources, progress)?;
         let mut seen = BTreeSet::from([&image.config_digest]);
         let layers: Vec<&Digest> = image
             .layers
@@ -46,7 +58,7 @@ impl Client {
             .filter(|d| seen.insert(*d))
             .collect();
         parallel(&layers, PARALLEL_TRANSFERS, |d| {
-            self.push_blob(&repo, d, store, &sources)
+            self.push_blob(&repo, d, store, &sources, progress)
         })?;
         let media_type = serde_json::from_slice::<serde_json::Value>(&image.manifest)
             .ok()
@@ -128,6 +140,7 @@ impl Client {
         digest: &Digest,
         store: &Store,
         sources: &[&str],
+        progress: PushProgress,
     ) -> Result<()> {
         let file = store.open_blob(digest)?;
         let len = file
@@ -135,20 +148,48 @@ impl Client {
             .with_context(|| format!("cannot read blob {digest} in the cache"))?
             .len();
         let what = format!("uploading blob {digest}");
+        let present = || {
+            emit(
+                progress,
+                PushEvent::Present {
+                    digest: digest.clone(),
+                    size: len,
+                },
+            )
+        };
         self.with_retries(|| {
             let head = Req::new(Method::HEAD, repo.url(&format!("blobs/{digest}")));
             let resp = repo.send(&head, &what)?;
             match resp.status().as_u16() {
-                200 => return Ok(()),
+                200 => {
+                    present();
+                    return Ok(());
+                }
                 404 => {}
                 _ => return Err(status_error(resp, &repo.registry, &what)),
             }
             let upload = match self.try_mount(repo, digest, sources, &what)? {
-                Mount::Done => return Ok(()),
+                Mount::Done => {
+                    present();
+                    return Ok(());
+                }
                 Mount::Session(url) => url,
                 Mount::Failed => self.start_upload(repo, &what)?,
             };
-            self.upload(repo, &upload, &file, len, digest, &what)
+            let blob = Blob {
+                file: &file,
+                len,
+                digest,
+            };
+            self.upload(repo, &upload, &blob, &what, progress)?;
+            emit(
+                progress,
+                PushEvent::Uploaded {
+                    digest: digest.clone(),
+                    size: len,
+                },
+            );
+            Ok(())
         })
     }
 
@@ -205,11 +246,11 @@ impl Client {
         &self,
         repo: &Repo,
         url: &str,
-        file: &File,
-        len: u64,
-        digest: &Digest,
+        blob: &Blob<'_>,
         what: &str,
+        progress: PushProgress,
     ) -> Result<()> {
+        let (file, len, digest) = (blob.file, blob.len, blob.digest);
         let digest_s = digest.to_string();
         let close = |url: &str, body: Payload| -> Result<()> {
             let req = Req::new(Method::PUT, with_query(url, &[("digest", &digest_s)]))
@@ -251,8 +292,60 @@ impl Client {
                 url = resolve_location(&url, &loc);
             }
             offset += n;
+            emit(
+                progress,
+                PushEvent::Progress {
+                    digest: digest.clone(),
+                    done: offset,
+                    total: len,
+                },
+            );
         }
         close(&url, Payload::Empty)
+    }
+}
+
+/// A blob of the store being uploaded.
+struct Blob<'a> {
+    file: &'a File,
+    len: u64,
+    digest: &'a Digest,
+}
+
+/// Progress of a push, as reported to the caller's callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushEvent {
+    /// The registry had the blob already, or mounted it from another repository.
+    Present {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// Bytes of a blob were sent (after each chunk of a chunked upload).
+    Progress {
+        /// The blob.
+        digest: Digest,
+        /// Bytes so far.
+        done: u64,
+        /// Its size.
+        total: u64,
+    },
+    /// A blob was uploaded.
+    Uploaded {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+}
+
+/// The progress callback of [`Client::push_reporting`].
+pub type PushProgress<'a> = Option<&'a (dyn Fn(&PushEvent) + Sync)>;
+
+fn emit(progress: PushProgress, event: PushEvent) {
+    if let Some(f) = progress {
+        f(&event);
     }
 }
 

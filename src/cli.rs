@@ -131,6 +131,15 @@ impl ProgressArg {
     }
 }
 
+/// `--load[=TARGET]`: where the image is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadTarget {
+    /// rbuild's store.
+    Store,
+    /// podman's containers-storage, through `podman load`.
+    Podman,
+}
+
 /// `--isolation` of RUN steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum IsolationArg {
@@ -174,10 +183,11 @@ pub struct BuildArgs {
     /// Push the image to its registries under the `-t` names (`-o type=registry`).
     #[arg(long)]
     pub push: bool,
-    /// Keep the image in rbuild's store under the `-t` names (`-o type=image`; also what
-    /// `-t` without any output does).
-    #[arg(long)]
-    pub load: bool,
+    /// Keep the image under the `-t` names: in rbuild's store (`--load`, `-o type=image`;
+    /// also what `-t` without any output does), or in podman's (`--load=podman`).
+    #[arg(long, value_name = "TARGET", value_enum, num_args = 0..=1, require_equals = true,
+          default_missing_value = "store", hide_possible_values = true)]
+    pub load: Option<LoadTarget>,
     /// Build-time variable `KEY=VALUE`, or `KEY` to take the value from the environment.
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     pub build_args: Vec<String>,
@@ -762,7 +772,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         dest: Destination::Names,
         names: Vec::new(),
     };
-    if (args.push || args.load) && args.tags.is_empty() {
+    if (args.push || args.load.is_some()) && args.tags.is_empty() {
         return Err(usage(anyhow!(
             "--push and --load need a name: give one with -t NAME"
         )));
@@ -771,8 +781,15 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     if args.push {
         outputs.push(under_tags(true));
     }
-    if args.load || tags_only {
+    if args.load == Some(LoadTarget::Store) || tags_only {
         outputs.push(under_tags(false));
+    }
+    if args.load == Some(LoadTarget::Podman) {
+        outputs.push(OutputSpec {
+            kind: OutputKind::Podman,
+            dest: Destination::Names,
+            names: Vec::new(),
+        });
     }
     for name in args
         .tags
@@ -1075,6 +1092,7 @@ fn describe(o: &OutputSpec) -> String {
         OutputKind::Tar => "tar",
         OutputKind::Image { push: false } => "image",
         OutputKind::Image { push: true } => "registry",
+        OutputKind::Podman => "podman",
     };
     match &o.dest {
         Destination::Stdout => format!("{kind} on stdout"),
@@ -1083,7 +1101,6 @@ fn describe(o: &OutputSpec) -> String {
     }
 }
 
-/// Reads the context and the Dockerfile named by the arguments.
 /// The context directory and the `-f` file (or the context's `Dockerfile`) exist.
 fn check_inputs_exist(args: &BuildArgs) -> Result<()> {
     if args.context() == "-" {

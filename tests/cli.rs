@@ -1220,3 +1220,70 @@ fn tty_progress_in_a_pseudo_terminal() {
     );
     assert!(!out.contains("FINISHED"), "{out}");
 }
+
+#[test]
+fn load_into_podman() {
+    // --load=podman hands the image to `podman load`: podman then has it under the -t
+    // name, with the image id the build reported. podman gets a storage of its own here
+    // (CONTAINERS_STORAGE_CONF), so the test touches no one's images.
+    let test = "load_into_podman";
+    if !require_tools(test, &["podman"]) {
+        return;
+    }
+    let dir = TestDir::new("podman-load");
+    let ctx = small_context(&dir);
+    let conf = dir.join("storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            dir.join("graph").display(),
+            dir.join("run").display()
+        ),
+    )
+    .unwrap();
+    let cache = dir.join("cache").to_string_lossy().into_owned();
+    let iid = dir.join("iid");
+    let mut cmd = common::rbuild_cmd();
+    cmd.current_dir(dir.path())
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .args(["build", "--cache-dir", &cache, "--load=podman", "-t"])
+        .arg("localhost/rbuild-load:1")
+        .arg("--iidfile")
+        .arg(&iid)
+        .arg(&ctx);
+    run_cmd(&mut cmd, None, common::RBUILD_TIMEOUT).assert_ok("--load=podman");
+    let podman = |args: &[&str]| {
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_STORAGE_CONF", &conf).args(args);
+        run_cmd(&mut cmd, None, TOOL_TIMEOUT)
+    };
+    podman(&["image", "exists", "localhost/rbuild-load:1"]).assert_ok("podman image exists");
+    let id = podman(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        "localhost/rbuild-load:1",
+    ]);
+    id.assert_ok("podman image inspect");
+    let built = std::fs::read_to_string(&iid).unwrap();
+    assert_eq!(
+        format!("sha256:{}", id.stdout_text().trim()),
+        built.trim(),
+        "podman has the image the build made"
+    );
+    // Without a name there is nothing to load it as.
+    let ran = rbuild(
+        dir.path(),
+        &[
+            "build",
+            "--cache-dir",
+            &cache,
+            "--load=podman",
+            &ctx.to_string_lossy(),
+        ],
+        None,
+    );
+    assert_eq!(ran.code, 2, "{}", ran.summary());
+}

@@ -8,6 +8,7 @@
 mod docker;
 mod filesystem;
 mod oci;
+mod podman;
 mod registry;
 
 use std::fs;
@@ -36,6 +37,8 @@ pub enum OutputKind {
     Local,
     /// The final root filesystem as one tar.
     Tar,
+    /// The image handed to `podman load` under its names (`--load=podman`).
+    Podman,
     /// The image under its names in rbuild's store (`type=image`), and with `push` in
     /// their registries too (`type=image,push=true`, `type=registry`).
     Image {
@@ -111,6 +114,7 @@ pub fn export(
         }),
         (OutputKind::Local, Destination::Path(p)) => filesystem::write_dir(store, image, p),
         (OutputKind::Tar, dest) => write_stream(dest, |w| filesystem::write_tar(store, image, w)),
+        (OutputKind::Podman, _) => podman::load(store, image, &names, mtime),
         (OutputKind::Image { .. }, _) => unreachable!("handled above"),
         (_, Destination::Names) => bail!("this output needs dest=PATH"),
         (_, Destination::Stdout) => bail!("a directory output cannot be written to stdout"),

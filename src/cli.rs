@@ -11,8 +11,9 @@ use clap::{Args, Parser};
 use crate::cancel::Cancel;
 use crate::context::BuildContext;
 use crate::dockerfile::{self, ast::Dockerfile};
-use crate::export::{export, Destination, ExportRequest, ExportTargets, OutputKind};
+use crate::export::{export, Destination, ExportRequest, ExportTargets, ImageFormat, OutputKind};
 use crate::image::reference::Reference;
+use crate::image::{LayerCompression, LayerFormat};
 use crate::plan::{LineError, Plan, PlanOptions, Platform};
 use crate::progress::{printable, Mode, Progress, Status};
 use crate::sandbox::seccomp::Filter;
@@ -459,6 +460,8 @@ pub struct OutputSpec {
     pub dest: Destination,
     /// `name=` values.
     pub names: Vec<String>,
+    /// Layer compression and media types (image outputs).
+    pub format: ImageFormat,
 }
 
 /// Parses a buildx-style `-o` value.
@@ -468,6 +471,7 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
             kind: OutputKind::Tar,
             dest: Destination::Stdout,
             names: Vec::new(),
+            format: ImageFormat::default(),
         });
     }
     if !spec.contains('=') {
@@ -475,6 +479,7 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
             kind: OutputKind::Local,
             dest: Destination::Path(PathBuf::from(spec)),
             names: Vec::new(),
+            format: ImageFormat::default(),
         });
     }
     let mut fields = BTreeMap::new();
@@ -531,10 +536,73 @@ pub fn parse_output(spec: &str) -> Result<OutputSpec> {
         }
         Some(p) => Destination::Path(PathBuf::from(p)),
     };
+    let format = image_format(&mut fields, &kind, spec)?;
     if let Some(k) = fields.keys().next() {
         bail!("invalid output {spec:?}: unknown attribute {k:?}");
     }
-    Ok(OutputSpec { kind, dest, names })
+    Ok(OutputSpec {
+        kind,
+        dest,
+        names,
+        format,
+    })
+}
+
+/// The `compression=`, `compression-level=`, `force-compression=` and `oci-mediatypes=`
+/// attributes of an image output (taken out of `fields`).
+fn image_format(
+    fields: &mut BTreeMap<String, String>,
+    kind: &OutputKind,
+    spec: &str,
+) -> Result<ImageFormat> {
+    let keys = [
+        "compression",
+        "compression-level",
+        "force-compression",
+        "oci-mediatypes",
+    ];
+    if matches!(kind, OutputKind::Local | OutputKind::Tar) {
+        if let Some(k) = keys.iter().find(|k| fields.contains_key(**k)) {
+            bail!("invalid output {spec:?}: {k}= applies to image outputs (oci, docker, image, registry)");
+        }
+        return Ok(ImageFormat::default());
+    }
+    let compression = match fields.remove("compression") {
+        None => LayerCompression::Gzip,
+        Some(c) => LayerCompression::parse(&c).ok_or_else(|| {
+            anyhow!(
+                "invalid output {spec:?}: compression={c} (expected gzip, zstd or uncompressed)"
+            )
+        })?,
+    };
+    let (levels, default) = compression.levels();
+    let level = match fields.remove("compression-level") {
+        None => default,
+        Some(l) => l
+            .parse::<i32>()
+            .ok()
+            .filter(|n| levels.contains(n))
+            .ok_or_else(|| {
+                anyhow!(
+                    "invalid output {spec:?}: compression-level={l} (expected {} to {})",
+                    levels.start(),
+                    levels.end()
+                )
+            })?,
+    };
+    let force = parse_bool(fields.remove("force-compression").as_deref(), spec)?;
+    let oci_mediatypes = match fields.remove("oci-mediatypes").as_deref() {
+        None => true,
+        v => parse_bool(v, spec)?,
+    };
+    if compression == LayerCompression::Zstd && !oci_mediatypes {
+        bail!("invalid output {spec:?}: zstd layers have no Docker media type; keep oci-mediatypes=true");
+    }
+    Ok(ImageFormat {
+        layers: LayerFormat { compression, level },
+        force,
+        oci_mediatypes,
+    })
 }
 
 fn parse_bool(v: Option<&str>, spec: &str) -> Result<bool> {
@@ -771,6 +839,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         kind: OutputKind::Image { push },
         dest: Destination::Names,
         names: Vec::new(),
+        format: ImageFormat::default(),
     };
     if (args.push || args.load.is_some()) && args.tags.is_empty() {
         return Err(usage(anyhow!(
@@ -789,6 +858,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
             kind: OutputKind::Podman,
             dest: Destination::Names,
             names: Vec::new(),
+            format: ImageFormat::default(),
         });
     }
     for name in args
@@ -968,6 +1038,11 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         cache: &cache_options,
         jobs: args.jobs.map_or_else(default_jobs, |j| j as usize),
         annotations: &annotations,
+        // New layers are compressed once, as the first image output asks.
+        layer_format: outputs
+            .iter()
+            .find(|o| !matches!(o.kind, OutputKind::Local | OutputKind::Tar))
+            .map_or_else(LayerFormat::default, |o| o.format.layers),
     })
     .map_err(fail)?;
     if !output.unused_build_args.is_empty() {
@@ -992,6 +1067,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         let handle = progress.start(format!("exporting to {}", describe(o)));
         let req = ExportRequest {
             kind: o.kind.clone(),
+            format: o.format,
             dest: o.dest.clone(),
             names,
         };

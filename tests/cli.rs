@@ -1287,3 +1287,143 @@ fn load_into_podman() {
     );
     assert_eq!(ran.code, 2, "{}", ran.summary());
 }
+
+#[test]
+fn output_compression_and_media_types() {
+    // -o compression=zstd|uncompressed, compression-level=, force-compression=,
+    // oci-mediatypes=: the layers and manifests each output gets, read back by skopeo
+    // (which decompresses zstd itself) and umoci (gzip and plain tar; Debian 12's umoci
+    // 0.4.7 cannot read zstd).
+    let test = "output_compression_and_media_types";
+    if !require_tools(test, &["skopeo", "umoci"]) {
+        return;
+    }
+    let Some(bb) = common::build::busybox(test) else {
+        return;
+    };
+    let b = common::build::Build::scratch("compression");
+    b.load_busybox(&bb);
+    std::fs::write(&b.dockerfile, "FROM busybox\nCOPY f /f\n").unwrap();
+    std::fs::write(b.ctx.join("f"), "compressed\n".repeat(1000)).unwrap();
+    let dest = |name: &str| b.out.join(name).to_string_lossy().into_owned();
+    let out = |name: &str, attrs: &str| format!("type=oci,tar=false,dest={},{attrs}", dest(name));
+    let specs = [
+        out("zstd", "compression=zstd,compression-level=19"),
+        out("forced", "compression=zstd,force-compression=true"),
+        out("plain", "compression=uncompressed,force-compression=true"),
+        out("docker", "oci-mediatypes=false"),
+    ];
+    let mut args = vec!["--pull=never", "-t", "c:1"];
+    for s in &specs {
+        args.extend(["-o", s.as_str()]);
+    }
+    b.build(&args).assert_ok("four image outputs");
+    let manifest = |name: &str| {
+        let raw = skopeo(&["inspect", "--raw", &format!("oci:{}:1", dest(name))])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        serde_json::from_slice::<serde_json::Value>(&raw).unwrap()
+    };
+    let layer_types = |name: &str| -> Vec<String> {
+        manifest(name)["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["mediaType"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let oci = "application/vnd.oci.image.layer.v1.tar";
+    // New layers as asked; the base's stay gzip unless forced.
+    assert_eq!(
+        layer_types("zstd"),
+        [format!("{oci}+gzip"), format!("{oci}+zstd")]
+    );
+    assert_eq!(
+        layer_types("forced"),
+        [format!("{oci}+zstd"), format!("{oci}+zstd")]
+    );
+    assert_eq!(layer_types("plain"), [oci.to_string(), oci.to_string()]);
+    // skopeo and umoci refuse Docker media types in an OCI layout, so the layout is read
+    // directly (a push with them is checked against the registry in tests/registry.rs).
+    let docker = {
+        let layout = b.out.join("docker");
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let d = &index["manifests"][0];
+        assert_eq!(
+            d["mediaType"],
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        let digest = d["digest"].as_str().unwrap().replace(':', "/");
+        let raw = std::fs::read(layout.join("blobs").join(digest)).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&raw).unwrap()
+    };
+    assert_eq!(
+        docker["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        docker["config"]["mediaType"],
+        "application/vnd.docker.container.image.v1+json"
+    );
+    let docker_layers: Vec<&str> = docker["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        docker_layers, ["application/vnd.docker.image.rootfs.diff.tar.gzip"; 2],
+        "zstd layers made for another output are recompressed for Docker media types"
+    );
+    // An uncompressed blob is its tar: its digest is its diff id.
+    let plain = manifest("plain");
+    let config =
+        skopeo_json(&["inspect", "--config", &format!("oci:{}:1", dest("plain"))]).unwrap();
+    for (l, d) in plain["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(config["rootfs"]["diff_ids"].as_array().unwrap())
+    {
+        assert_eq!(l["digest"], *d);
+    }
+    // skopeo decompresses the zstd layers: each is the tar its diff id names.
+    for name in ["zstd", "forced"] {
+        let unpacked = b.out.join(format!("{name}-dir"));
+        skopeo(&[
+            "copy",
+            "--dest-decompress",
+            &format!("oci:{}:1", dest(name)),
+            &format!("dir:{}", unpacked.display()),
+        ])
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for d in config["rootfs"]["diff_ids"].as_array().unwrap() {
+            let hex = d.as_str().unwrap().trim_start_matches("sha256:");
+            assert!(
+                unpacked.join(hex).is_file(),
+                "{name}: no layer decompressed to {d}"
+            );
+        }
+    }
+    let rootfs = common::image::umoci_unpack(&b.out.join("plain"), "1", &b.out.join("bundle"))
+        .unwrap_or_else(|e| panic!("umoci plain: {e}"));
+    assert!(rootfs.join("f").is_file() && rootfs.join("bin/busybox").exists());
+    // A forced conversion is remembered: a later export gets the same blobs.
+    let again = out("forced-again", "compression=zstd,force-compression=true");
+    b.build(&["--pull=never", "-t", "c:1", "-o", &again])
+        .assert_ok("forced again");
+    assert_eq!(
+        manifest("forced-again")["layers"],
+        manifest("forced")["layers"]
+    );
+
+    for bad in [
+        "type=oci,dest=x.tar,compression=lz4",
+        "type=oci,dest=x.tar,compression=gzip,compression-level=10",
+        "type=oci,dest=x.tar,compression=zstd,oci-mediatypes=false",
+        "type=local,dest=x,compression=gzip",
+    ] {
+        let ran = b.build(&["--pull=never", "-o", bad]);
+        assert_eq!(ran.code, 2, "{bad}: {}", ran.summary());
+    }
+}

@@ -641,4 +641,37 @@ fn push_flag_pushes_under_the_tags() {
         raw(&name),
         "image push sent the stored manifest"
     );
+
+    // Docker media types for registries without OCI ones, and zstd layers: the registry
+    // serves them as pushed, and skopeo reads both back.
+    let docker = format!("{}/flag/docker:v1", registry.host);
+    let zstd = format!("{}/flag/zstd:v1", registry.host);
+    let outputs = [
+        format!("type=registry,name={docker},oci-mediatypes=false"),
+        format!("type=registry,name={zstd},compression=zstd,force-compression=true"),
+    ];
+    b.build(&["--pull=never", "-o", &outputs[0], "-o", &outputs[1]])
+        .assert_ok("pushes with oci-mediatypes=false and zstd");
+    let m: Value = serde_json::from_slice(&raw(&docker)).unwrap();
+    assert_eq!(
+        m["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let m: Value = serde_json::from_slice(&raw(&zstd)).unwrap();
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (n, sub) in [(&docker, "docker"), (&zstd, "zstd")] {
+        tool(
+            Command::new("skopeo")
+                .args(["copy", "--src-tls-verify=false", "--dest-decompress"])
+                .arg(format!("docker://{n}"))
+                .arg(format!("dir:{}", dir.path().join(sub).display())),
+        )
+        .unwrap_or_else(|e| panic!("skopeo copy {n}: {e}"));
+    }
 }

@@ -294,6 +294,7 @@ fn save(
     };
     let req = ExportRequest {
         kind,
+        format: crate::export::ImageFormat::default(),
         dest,
         names: vec![full],
     };

@@ -276,7 +276,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let opts = LayerOptions {
             clamp_mtime: None,
-            compression_level: 1,
+            format: crate::image::LayerFormat {
+                compression: crate::image::LayerCompression::Gzip,
+                level: 1,
+            },
         };
         let l1 = write_layer(
             &store,

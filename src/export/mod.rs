@@ -5,6 +5,7 @@
 //! Every file destination is written under a temporary name in its directory and renamed
 //! into place when complete, so a failure never leaves a half-written output.
 
+mod convert;
 mod docker;
 mod filesystem;
 mod oci;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::image::reference::Reference;
-use crate::image::BuiltImage;
+use crate::image::{BuiltImage, LayerFormat};
 use crate::snapshot::tar_writer::{TarHeader, TarKind, TarWriter};
 use crate::source::registry::{Client, PushProgress};
 use crate::store::{Digest, Store};
@@ -58,11 +59,35 @@ pub enum Destination {
     Names,
 }
 
+/// How an image output writes its layers and manifest (`compression=`,
+/// `compression-level=`, `force-compression=`, `oci-mediatypes=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageFormat {
+    /// How the build's new layers are compressed.
+    pub layers: LayerFormat,
+    /// Recompress every layer that is compressed otherwise (base and cached ones too).
+    pub force: bool,
+    /// OCI media types (else Docker's).
+    pub oci_mediatypes: bool,
+}
+
+impl Default for ImageFormat {
+    fn default() -> ImageFormat {
+        ImageFormat {
+            layers: LayerFormat::default(),
+            force: false,
+            oci_mediatypes: true,
+        }
+    }
+}
+
 /// One `-o` output to produce.
 #[derive(Debug, Clone)]
 pub struct ExportRequest {
     /// The exporter.
     pub kind: OutputKind,
+    /// Layer compression and media types of image outputs.
+    pub format: ImageFormat,
     /// Where to.
     pub dest: Destination,
     /// Image names (`-t` and `name=`), recorded where the format has a place for them.
@@ -99,6 +124,11 @@ pub fn export(
         .map(|n| Reference::parse(n).map(Reference::with_default_tag))
         .collect::<Result<Vec<_>>>()?;
     let mtime = epoch.unwrap_or(0).max(0);
+    let converted = match req.kind {
+        OutputKind::Local | OutputKind::Tar => None,
+        _ => convert::for_output(store, image, &req.format)?,
+    };
+    let image = converted.as_ref().unwrap_or(image);
     if let OutputKind::Image { push } = req.kind {
         return registry::export_image(targets, image, &names, push);
     }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use super::{archive_blob, archive_bytes, archive_dir, image_blobs};
 use crate::image::oci::{Descriptor, ImageIndex};
 use crate::image::reference::Reference;
-use crate::image::{BuiltImage, MEDIA_TYPE_MANIFEST};
+use crate::image::BuiltImage;
 use crate::snapshot::tar_writer::TarWriter;
 use crate::store::Store;
 
@@ -22,7 +22,7 @@ const LAYOUT_FILE: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 fn index_json(image: &BuiltImage, names: &[Reference]) -> Result<Vec<u8>> {
     let descriptor = || {
         Descriptor::new(
-            MEDIA_TYPE_MANIFEST,
+            &image.manifest_media_type(),
             &image.manifest_digest,
             image.manifest.len() as u64,
         )

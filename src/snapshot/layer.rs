@@ -1,4 +1,5 @@
-//! Writing a layer: entries → deterministic tar → gzip → store, in one streaming pass.
+//! Writing a layer: entries → deterministic tar → gzip, zstd or nothing → store, in one
+//! streaming pass.
 //!
 //! The tar is produced on the calling thread and handed, through a bounded channel of
 //! 1 MiB blocks, to the parallel gzip ([`super::pgzip`]) on the others (as `tar | pigz`
@@ -16,7 +17,7 @@ use anyhow::{anyhow, Context, Result};
 use super::pgzip;
 use super::tar_writer::{TarHeader, TarKind, TarWriter};
 use super::{Content, EntryKind, LayerEntry};
-use crate::image::{Layer, MEDIA_TYPE_LAYER_GZIP};
+use crate::image::{Layer, LayerCompression, LayerFormat};
 use crate::store::{HashingWriter, Store};
 
 /// How a layer is written.
@@ -24,8 +25,8 @@ use crate::store::{HashingWriter, Store};
 pub struct LayerOptions {
     /// SOURCE_DATE_EPOCH: no entry gets a later mtime.
     pub clamp_mtime: Option<i64>,
-    /// gzip level, 0–9.
-    pub compression_level: u32,
+    /// Compression and level.
+    pub format: LayerFormat,
 }
 
 /// The tar goes to the compressor in blocks of this size (the output depends on it).
@@ -37,16 +38,47 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 /// on disk become hard links in the layer.
 pub fn write_layer(store: &Store, entries: Vec<LayerEntry>, opts: &LayerOptions) -> Result<Layer> {
     let entries = sorted_unique(entries);
+    store_stream(store, opts.format, |tx| produce_tar(&entries, opts, tx))
+}
+
+/// Writes the uncompressed layer `tar` (e.g. another blob, decompressed) into the store in
+/// `format`; its diff id must be `diff_id`.
+pub fn recompress(
+    store: &Store,
+    tar: &mut dyn Read,
+    format: LayerFormat,
+    diff_id: &crate::store::Digest,
+) -> Result<Layer> {
+    store_stream(store, format, |tx| {
+        let mut sink = HashingWriter::new(ChunkSender {
+            buf: Vec::with_capacity(CHUNK),
+            tx,
+        });
+        io::copy(tar, &mut sink).context("cannot read the layer")?;
+        let (mut sink, digest, size) = sink.finish();
+        sink.flush()?;
+        if &digest != diff_id {
+            anyhow::bail!("the layer's content is {digest}, not {diff_id}");
+        }
+        Ok((digest, size))
+    })
+}
+
+/// Runs `produce` (which writes a tar into the channel and returns its diff id and size)
+/// beside the compressor for `format`, and stores the blob.
+fn store_stream(
+    store: &Store,
+    format: LayerFormat,
+    produce: impl FnOnce(SyncSender<Vec<u8>>) -> Result<(crate::store::Digest, u64)>,
+) -> Result<Layer> {
     let tmp = store.temp_file()?;
     let file = tmp.reopen().context("cannot reopen a temporary file")?;
-    let level = opts.compression_level.min(9);
     let (tx, rx) = sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
     let compressor = std::thread::Builder::new()
-        .name("gzip".into())
-        .spawn(move || compress(rx, file, level))
+        .name("compress".into())
+        .spawn(move || compress(rx, file, format))
         .context("cannot start the compression thread")?;
-
-    let produced = produce_tar(&entries, opts, tx);
+    let produced = produce(tx);
     let compressed = compressor
         .join()
         .map_err(|_| anyhow!("the compression thread failed"))?;
@@ -59,7 +91,7 @@ pub fn write_layer(store: &Store, entries: Vec<LayerEntry>, opts: &LayerOptions)
         digest,
         diff_id,
         size,
-        media_type: MEDIA_TYPE_LAYER_GZIP.to_string(),
+        media_type: format.compression.media_type().to_string(),
     })
 }
 
@@ -150,10 +182,36 @@ fn produce_tar(
     Ok((diff_id, size))
 }
 
-/// Compresses the chunks into `file`; returns the digest and size of the compressed bytes.
-fn compress(rx: Receiver<Vec<u8>>, file: File, level: u32) -> Result<(crate::store::Digest, u64)> {
-    let hashing = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
-    let hashing = pgzip::compress_blocks(rx, hashing, level, pgzip::default_workers())?;
+/// Compresses the chunks into `file` as `format` says; returns the digest and size of the
+/// bytes written.
+fn compress(
+    rx: Receiver<Vec<u8>>,
+    file: File,
+    format: LayerFormat,
+) -> Result<(crate::store::Digest, u64)> {
+    let out = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
+    let hashing = match format.compression {
+        LayerCompression::Gzip => {
+            let level = u32::try_from(format.level).unwrap_or(6);
+            pgzip::compress_blocks(rx, out, level, pgzip::default_workers())?
+        }
+        LayerCompression::Zstd => {
+            let mut z = zstd::stream::write::Encoder::new(out, format.level)?;
+            // At least one worker: the frame is then the same whatever their number.
+            z.multithread(pgzip::default_workers().max(1) as u32)?;
+            for chunk in rx {
+                z.write_all(&chunk)?;
+            }
+            z.finish()?
+        }
+        LayerCompression::Uncompressed => {
+            let mut out = out;
+            for chunk in rx {
+                out.write_all(&chunk)?;
+            }
+            out
+        }
+    };
     let (mut out, digest, size) = hashing.finish();
     out.flush()?;
     Ok((digest, size))
@@ -220,7 +278,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let opts = LayerOptions {
             clamp_mtime: Some(1_000),
-            compression_level: 6,
+            format: LayerFormat::default(),
         };
         let entries = vec![file("b", b"2"), file("a", b"1"), file("b", b"3")];
         let l1 = write_layer(&store, entries.clone(), &opts).unwrap();
@@ -259,6 +317,76 @@ mod tests {
     }
 
     #[test]
+    fn zstd_and_uncompressed_layers_hold_the_same_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let entries = vec![file("a", &b"text ".repeat(100_000)), file("b", b"2")];
+        let layer = |compression, level| {
+            let opts = LayerOptions {
+                clamp_mtime: None,
+                format: LayerFormat { compression, level },
+            };
+            write_layer(&store, entries.clone(), &opts).unwrap()
+        };
+        let gzip = layer(LayerCompression::Gzip, 6);
+        let zstd = layer(LayerCompression::Zstd, 3);
+        let plain = layer(LayerCompression::Uncompressed, 0);
+        assert_eq!(zstd.diff_id, gzip.diff_id);
+        assert_eq!(plain.diff_id, gzip.diff_id);
+        assert_eq!(
+            plain.digest, plain.diff_id,
+            "an uncompressed blob is its tar"
+        );
+        assert_eq!(
+            zstd.media_type,
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+        assert_eq!(plain.media_type, "application/vnd.oci.image.layer.v1.tar");
+        assert!(
+            zstd.size < plain.size / 10,
+            "{} vs {}",
+            zstd.size,
+            plain.size
+        );
+        let (kind, mut r) =
+            decompressing_reader(BufReader::new(store.open_blob(&zstd.digest).unwrap())).unwrap();
+        assert_eq!(kind, crate::snapshot::compression::Compression::Zstd);
+        let mut raw = Vec::new();
+        r.read_to_end(&mut raw).unwrap();
+        assert_eq!(crate::store::Digest::of(&raw), zstd.diff_id);
+        // Recompressing the gzip blob gives the zstd one, checked against the diff id.
+        let (_, mut tar) =
+            decompressing_reader(BufReader::new(store.open_blob(&gzip.digest).unwrap())).unwrap();
+        let format = LayerFormat {
+            compression: LayerCompression::Zstd,
+            level: 3,
+        };
+        assert_eq!(
+            recompress(&store, &mut tar, format, &gzip.diff_id).unwrap(),
+            zstd
+        );
+        let mut wrong = &raw[..raw.len() - 1];
+        assert!(recompress(&store, &mut wrong, format, &gzip.diff_id).is_err());
+    }
+
+    #[test]
+    fn zstd_frames_do_not_depend_on_the_number_of_threads() {
+        // Reproducible across machines: 1, 2 and 4 workers write the same bytes.
+        let data: Vec<u8> = (0..24u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 27) as u8 + b'a')
+            .collect();
+        let frame = |workers: u32| {
+            let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            z.multithread(workers).unwrap();
+            z.write_all(&data).unwrap();
+            z.finish().unwrap()
+        };
+        let one = frame(1);
+        assert_eq!(frame(2), one);
+        assert_eq!(frame(4), one);
+    }
+
+    #[test]
     fn hard_links_on_disk_stay_hard_links() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
@@ -282,7 +410,10 @@ mod tests {
             vec![entry("x/a", "a"), entry("x/b", "b")],
             &LayerOptions {
                 clamp_mtime: None,
-                compression_level: 1,
+                format: LayerFormat {
+                    compression: LayerCompression::Gzip,
+                    level: 1,
+                },
             },
         )
         .unwrap();
@@ -320,7 +451,7 @@ mod tests {
         };
         let opts = LayerOptions {
             clamp_mtime: None,
-            compression_level: 6,
+            format: LayerFormat::default(),
         };
         assert!(write_layer(&store, vec![e], &opts).is_err());
         assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);

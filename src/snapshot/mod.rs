@@ -16,7 +16,7 @@ pub mod walk;
 use std::path::{Path, PathBuf};
 
 pub use apply::{apply_layer, ApplyOptions};
-pub use layer::{write_layer, LayerOptions};
+pub use layer::{recompress, write_layer, LayerOptions};
 pub use stored::{open_layer, verify_layers, LayerReader};
 
 /// Where a file entry's bytes come from.

@@ -17,7 +17,7 @@ use crate::image::config::ImageConfig;
 use crate::image::Layer;
 use crate::plan::mounts::MountKind;
 use crate::plan::steps::{CopyFrom, CopySource, StepKind};
-use crate::store::index::{LayerRef, StepResult};
+use crate::store::index::StepResult;
 use crate::store::{Digest, FieldHasher};
 
 /// Which steps may be answered from the cache.
@@ -136,29 +136,13 @@ pub fn step_key(
 /// A layer as the index keeps it.
 pub fn to_result(layer: Option<&Layer>) -> StepResult {
     StepResult {
-        layer: layer.map(|l| LayerRef {
-            digest: l.digest.to_string(),
-            diff_id: l.diff_id.to_string(),
-            size: l.size,
-            media_type: l.media_type.clone(),
-        }),
+        layer: layer.map(Layer::to_ref),
     }
 }
 
 /// The layer of a cached result.
 pub fn from_result(result: &StepResult) -> Result<Option<Layer>> {
-    result
-        .layer
-        .as_ref()
-        .map(|l| {
-            Ok(Layer {
-                digest: l.digest.parse()?,
-                diff_id: l.diff_id.parse()?,
-                size: l.size,
-                media_type: l.media_type.clone(),
-            })
-        })
-        .transpose()
+    result.layer.as_ref().map(Layer::from_ref).transpose()
 }
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ pub struct BuildInputs<'a> {
     pub jobs: usize,
     /// Annotations of the image manifest (`--annotation`).
     pub annotations: &'a BTreeMap<String, String>,
+    /// How new layers are compressed.
+    pub layer_format: crate::image::LayerFormat,
 }
 
 impl BuildInputs<'_> {
@@ -598,7 +600,7 @@ fn run_step(
 ) -> Result<Option<Layer>> {
     let opts = LayerOptions {
         clamp_mtime: inp.epoch,
-        compression_level: 6,
+        format: inp.layer_format,
     };
     match kind {
         StepKind::Config(edit) => {

@@ -305,7 +305,10 @@ fn file(path: &str, bytes: Vec<u8>) -> LayerEntry {
 pub fn build_image(store: &Store, arch: &str, layers: Vec<Vec<(&str, Vec<u8>)>>) -> BuiltImage {
     let opts = LayerOptions {
         clamp_mtime: None,
-        compression_level: 1,
+        format: rbuild::image::LayerFormat {
+            compression: rbuild::image::LayerCompression::Gzip,
+            level: 1,
+        },
     };
     let layers: Vec<_> = layers
         .into_iter()

@@ -12,7 +12,7 @@ use super::config::api_host;
 use super::transport::{location, resolve_location, status_error, with_query, Payload, Repo, Req};
 use super::{parallel, Client, PARALLEL_TRANSFERS};
 use crate::image::reference::Reference;
-use crate::image::{BuiltImage, MEDIA_TYPE_MANIFEST};
+use crate::image::BuiltImage;
 use crate::store::{Digest, Store};
 
 const OCTET_STREAM: &str = "application/octet-stream";
@@ -60,10 +60,7 @@ impl Client {
         parallel(&layers, PARALLEL_TRANSFERS, |d| {
             self.push_blob(&repo, d, store, &sources, progress)
         })?;
-        let media_type = serde_json::from_slice::<serde_json::Value>(&image.manifest)
-            .ok()
-            .and_then(|v| v.get("mediaType")?.as_str().map(String::from))
-            .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.to_string());
+        let media_type = image.manifest_media_type();
         self.put_manifest(&repo, reference, &image.manifest, &media_type)
     }
 

@@ -11,7 +11,9 @@ use clap::{Args, Parser};
 use crate::cancel::Cancel;
 use crate::context::BuildContext;
 use crate::dockerfile::{self, ast::Dockerfile};
-use crate::export::{export, Destination, ExportRequest, ExportTargets, ImageFormat, OutputKind};
+use crate::export::{
+    export, Destination, ExportRequest, ExportTargets, ImageFormat, LayoutAnnotations, OutputKind,
+};
 use crate::image::reference::Reference;
 use crate::image::{LayerCompression, LayerFormat};
 use crate::plan::{LineError, Plan, PlanOptions, Platform};
@@ -936,7 +938,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     };
     let named = parse_build_contexts(&args.build_contexts).map_err(usage)?;
     let labels = parse_labels(&args.labels).map_err(usage)?;
-    let annotations = parse_annotations(&args.annotations).map_err(usage)?;
+    let (annotations, layout_annotations) = parse_annotations(&args.annotations).map_err(usage)?;
     let mount_inputs = secrets::mount_inputs(&args.secrets, &args.ssh, |v| {
         std::env::var(v).ok().filter(|v| !v.is_empty())
     })
@@ -1066,6 +1068,7 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         names.extend(o.names.iter().cloned());
         let handle = progress.start(format!("exporting to {}", describe(o)));
         let req = ExportRequest {
+            annotations: layout_annotations.clone(),
             kind: o.kind.clone(),
             format: o.format,
             dest: o.dest.clone(),
@@ -1308,24 +1311,47 @@ impl<R: Read> Read for CountingReader<R> {
 }
 
 /// `--annotation [manifest:]KEY=VALUE` values (buildx's default level, the manifest).
-fn parse_annotations(raw: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
+fn parse_annotations(raw: &[String]) -> Result<(BTreeMap<String, String>, LayoutAnnotations)> {
+    let mut manifest = BTreeMap::new();
+    let mut layout = LayoutAnnotations::default();
     for a in raw {
         let (kv, level) = match a.split_once(':') {
             Some((level, rest)) if !level.contains('=') => (rest, level),
             _ => (a.as_str(), "manifest"),
         };
-        if level != "manifest" {
-            bail!("--annotation {a:?}: only manifest annotations are supported (no {level}:)");
-        }
+        // `level[os/arch]`: this build's platform is the host's.
+        let level = match level.split_once('[') {
+            Some((l, p)) => {
+                let p = Platform::parse(p.trim_end_matches(']'))?;
+                if !p.matches_host() {
+                    bail!(
+                        "--annotation {a:?}: this build makes {} only",
+                        Platform::host()
+                    );
+                }
+                l
+            }
+            None => level,
+        };
+        let map = match level {
+            "manifest" => &mut manifest,
+            "index" => &mut layout.index,
+            "manifest-descriptor" => &mut layout.manifest_descriptor,
+            "index-descriptor" => bail!(
+                "--annotation {a:?}: rbuild writes one manifest, so no index descriptor; use index: or manifest-descriptor:"
+            ),
+            other => bail!(
+                "--annotation {a:?}: unknown level {other:?} (manifest, index, manifest-descriptor)"
+            ),
+        };
         match kv.split_once('=') {
             Some((k, v)) if !k.is_empty() => {
-                out.insert(k.to_string(), v.to_string());
+                map.insert(k.to_string(), v.to_string());
             }
-            _ => bail!("invalid --annotation {a:?}: expected [manifest:]KEY=VALUE"),
+            _ => bail!("invalid --annotation {a:?}: expected [LEVEL:]KEY=VALUE"),
         }
     }
-    Ok(out)
+    Ok((manifest, layout))
 }
 
 /// `--check`: prints what the build checks found, as buildx does; an error when any did.

@@ -1007,6 +1007,10 @@ fn annotations_go_into_the_manifest() {
             "org.opencontainers.image.source=https://example.invalid/app",
             "--annotation",
             "manifest:team=build",
+            "--annotation",
+            "index:org.opencontainers.image.vendor=rbuild",
+            "--annotation",
+            "manifest-descriptor:purpose=test",
             &ctx_s,
         ],
         None,
@@ -1021,12 +1025,25 @@ fn annotations_go_into_the_manifest() {
             "team": "build"
         })
     );
-    let ran = rbuild(
-        dir.path(),
-        &["build", "--annotation", "index:k=v", &ctx_s],
-        None,
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["annotations"],
+        serde_json::json!({ "org.opencontainers.image.vendor": "rbuild" })
     );
-    assert_eq!(ran.code, 2, "{}", ran.summary());
+    assert_eq!(
+        index["manifests"][0]["annotations"],
+        serde_json::json!({ "purpose": "test" })
+    );
+    // No index descriptor (one manifest), no unknown level, no other platform.
+    for bad in [
+        "index-descriptor:k=v",
+        "layer:k=v",
+        "manifest[linux/s390x]:k=v",
+    ] {
+        let ran = rbuild(dir.path(), &["build", "--annotation", bad, &ctx_s], None);
+        assert_eq!(ran.code, 2, "{bad}: {}", ran.summary());
+    }
 }
 
 #[test]

@@ -293,6 +293,7 @@ fn save(
         SaveFormat::DockerArchive => OutputKind::Docker,
     };
     let req = ExportRequest {
+        annotations: crate::export::LayoutAnnotations::default(),
         kind,
         format: crate::export::ImageFormat::default(),
         dest,

@@ -12,6 +12,7 @@ mod oci;
 mod podman;
 mod registry;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -81,9 +82,21 @@ impl Default for ImageFormat {
     }
 }
 
+/// Annotations an OCI layout's `index.json` carries (`--annotation index:K=V` and
+/// `manifest-descriptor:K=V`); the manifest's own are in the image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayoutAnnotations {
+    /// Of the index.
+    pub index: BTreeMap<String, String>,
+    /// Of the manifest's descriptor in the index.
+    pub manifest_descriptor: BTreeMap<String, String>,
+}
+
 /// One `-o` output to produce.
 #[derive(Debug, Clone)]
 pub struct ExportRequest {
+    /// Annotations of an OCI layout's index.
+    pub annotations: LayoutAnnotations,
     /// The exporter.
     pub kind: OutputKind,
     /// Layer compression and media types of image outputs.
@@ -134,10 +147,12 @@ pub fn export(
     }
     match (&req.kind, &req.dest) {
         (OutputKind::Oci { tar: true }, dest) => {
-            write_stream(dest, |w| oci::write_archive(store, image, &names, mtime, w))
+            let index = oci::index_json(image, &names, &req.annotations)?;
+            write_stream(dest, |w| oci::write_archive(store, image, &index, mtime, w))
         }
         (OutputKind::Oci { tar: false }, Destination::Path(p)) => {
-            replace_dir(p, |tmp| oci::write_dir(store, image, &names, tmp))
+            let index = oci::index_json(image, &names, &req.annotations)?;
+            replace_dir(p, |tmp| oci::write_dir(store, image, &index, tmp))
         }
         (OutputKind::Docker, dest) => write_stream(dest, |w| {
             docker::write_archive(store, image, &names, mtime, w)

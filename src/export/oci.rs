@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::{archive_blob, archive_bytes, archive_dir, image_blobs};
+use super::{archive_blob, archive_bytes, archive_dir, image_blobs, LayoutAnnotations};
 use crate::image::oci::{Descriptor, ImageIndex};
 use crate::image::reference::Reference;
 use crate::image::BuiltImage;
@@ -18,14 +18,20 @@ use crate::store::Store;
 
 const LAYOUT_FILE: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
-/// The `index.json` of a layout holding `image` under `names`.
-fn index_json(image: &BuiltImage, names: &[Reference]) -> Result<Vec<u8>> {
+/// The `index.json` of a layout holding `image` under `names`, with `annotations`.
+pub fn index_json(
+    image: &BuiltImage,
+    names: &[Reference],
+    annotations: &LayoutAnnotations,
+) -> Result<Vec<u8>> {
     let descriptor = || {
-        Descriptor::new(
+        let mut d = Descriptor::new(
             &image.manifest_media_type(),
             &image.manifest_digest,
             image.manifest.len() as u64,
-        )
+        );
+        d.annotations = annotations.manifest_descriptor.clone();
+        d
     };
     let manifests: Vec<Descriptor> = if names.is_empty() {
         vec![descriptor()]
@@ -44,20 +50,22 @@ fn index_json(image: &BuiltImage, names: &[Reference]) -> Result<Vec<u8>> {
             })
             .collect()
     };
-    Ok(serde_json::to_vec(&ImageIndex::new(manifests))?)
+    let mut index = ImageIndex::new(manifests);
+    index.annotations = annotations.index.clone();
+    Ok(serde_json::to_vec(&index)?)
 }
 
 /// Streams the layout as a tar archive.
 pub fn write_archive(
     store: &Store,
     image: &BuiltImage,
-    names: &[Reference],
+    index_json: &[u8],
     mtime: i64,
     out: &mut dyn Write,
 ) -> Result<()> {
     let mut tar = TarWriter::new(out);
     archive_bytes(&mut tar, "oci-layout", LAYOUT_FILE, mtime)?;
-    archive_bytes(&mut tar, "index.json", &index_json(image, names)?, mtime)?;
+    archive_bytes(&mut tar, "index.json", index_json, mtime)?;
     archive_dir(&mut tar, "blobs", mtime)?;
     archive_dir(&mut tar, "blobs/sha256", mtime)?;
     for blob in image_blobs(image) {
@@ -71,9 +79,9 @@ pub fn write_archive(
 /// Writes the layout into the (new, empty) directory `dir`. Blobs are copied from the
 /// store (reflinked where the filesystem can), never hard-linked: editing the output must
 /// not corrupt the cache.
-pub fn write_dir(store: &Store, image: &BuiltImage, names: &[Reference], dir: &Path) -> Result<()> {
+pub fn write_dir(store: &Store, image: &BuiltImage, index_json: &[u8], dir: &Path) -> Result<()> {
     fs::write(dir.join("oci-layout"), LAYOUT_FILE)?;
-    fs::write(dir.join("index.json"), index_json(image, names)?)?;
+    fs::write(dir.join("index.json"), index_json)?;
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
     for blob in image_blobs(image) {
@@ -100,17 +108,22 @@ mod tests {
             layers: Vec::new(),
         };
         let names = vec![Reference::parse("app:1.0").unwrap()];
-        let idx: serde_json::Value =
-            serde_json::from_slice(&index_json(&image, &names).unwrap()).unwrap();
+        let idx: serde_json::Value = serde_json::from_slice(
+            &index_json(&image, &names, &LayoutAnnotations::default()).unwrap(),
+        )
+        .unwrap();
         let a = &idx["manifests"][0]["annotations"];
         assert_eq!(a["org.opencontainers.image.ref.name"], "1.0");
         assert_eq!(a["io.containerd.image.name"], "docker.io/library/app:1.0");
-        let idx: serde_json::Value =
-            serde_json::from_slice(&index_json(&image, &[]).unwrap()).unwrap();
+        let idx: serde_json::Value = serde_json::from_slice(
+            &index_json(&image, &[], &LayoutAnnotations::default()).unwrap(),
+        )
+        .unwrap();
         assert!(idx["manifests"][0].get("annotations").is_none());
 
         let mut out = Vec::new();
-        write_archive(&store, &image, &names, 0, &mut out).unwrap();
+        let index = index_json(&image, &names, &LayoutAnnotations::default()).unwrap();
+        write_archive(&store, &image, &index, 0, &mut out).unwrap();
         let mut ar = tar::Archive::new(&out[..]);
         let paths: Vec<String> = ar
             .entries()

@@ -96,6 +96,9 @@ impl ImageManifest {
 /// An image index: manifests, by platform or by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageIndex {
+    /// Annotations (`--annotation index:K=V`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// The manifests it lists.
     #[serde(default)]
     pub manifests: Vec<Descriptor>,
@@ -111,6 +114,7 @@ impl ImageIndex {
     /// An OCI image index of `manifests`.
     pub fn new(manifests: Vec<Descriptor>) -> ImageIndex {
         ImageIndex {
+            annotations: BTreeMap::new(),
             manifests,
             media_type: super::MEDIA_TYPE_INDEX.to_string(),
             schema_version: 2,

@@ -1,6 +1,6 @@
 //! The command line: buildx-compatible flags, output specs, exit codes, error display.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -141,6 +141,19 @@ pub enum LoadTarget {
     Store,
     /// podman's containers-storage, through `podman load`.
     Podman,
+}
+
+/// `--call`: what to do with the Dockerfile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CallArg {
+    /// Build it.
+    Build,
+    /// Run the build checks only.
+    Check,
+    /// List the stages that can be targets.
+    Targets,
+    /// List the build args the target reads, with their values.
+    Outline,
 }
 
 /// `--isolation` of RUN steps.
@@ -301,6 +314,16 @@ pub struct BuildArgs {
     /// when a check fails.
     #[arg(long)]
     pub check: bool,
+    /// What to do with the Dockerfile: build (the default), check (as --check), targets
+    /// (list the stages), or outline (the build args the target reads).
+    #[arg(
+        long,
+        value_name = "METHOD",
+        value_enum,
+        default_value = "build",
+        hide_possible_values = true
+    )]
+    pub call: CallArg,
     /// How many independent stages run at once (default: the number of CPUs, at least 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
@@ -1003,8 +1026,20 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
         },
     )
     .map_err(fail)?;
-    if args.check {
-        return run_checks(&df).map_err(fail);
+    match (args.check, args.call) {
+        (true, CallArg::Build | CallArg::Check) | (false, CallArg::Check) => {
+            return run_checks(&df).map_err(fail)
+        }
+        (true, _) => return Err(usage(anyhow!("--check is --call=check: give one of them"))),
+        (false, CallArg::Targets) => {
+            print_targets(&plan);
+            return Ok(());
+        }
+        (false, CallArg::Outline) => {
+            print_outline(&plan);
+            return Ok(());
+        }
+        (false, CallArg::Build) => {}
     }
     let stage_names: Vec<Option<String>> = plan.stages.iter().map(|s| s.name.clone()).collect();
     let mut cache_options = CacheOptions {
@@ -1352,6 +1387,56 @@ fn parse_annotations(raw: &[String]) -> Result<(BTreeMap<String, String>, Layout
         }
     }
     Ok((manifest, layout))
+}
+
+/// `--call=targets`: the stages that can be targets, the default one marked.
+fn print_targets(plan: &Plan) {
+    println!("TARGET");
+    let last = plan.stages.len().saturating_sub(1);
+    for s in &plan.stages {
+        let name = s.name.clone().unwrap_or_else(|| s.index.to_string());
+        let default = if s.index == last { " (default)" } else { "" };
+        println!("{}{default}", printable(&name));
+    }
+}
+
+/// `--call=outline`: the target and the build args its stages read, with their values.
+fn print_outline(plan: &Plan) {
+    let target = &plan.stages[plan.target];
+    println!("TARGET:\t{}", printable(&target.label()));
+    println!();
+    println!("BUILD ARG\tVALUE");
+    let mut seen = BTreeSet::new();
+    for name in &plan.meta_declared {
+        seen.insert(name.clone());
+        let value = plan
+            .options
+            .build_args
+            .get(name)
+            .or(plan.meta_args.get(name))
+            .map_or("", String::as_str);
+        println!("{}\t{}", printable(name), printable(value));
+    }
+    for &i in &plan.order {
+        for inst in &plan.stages[i].instructions {
+            let crate::dockerfile::ast::Args::Arg(args) = &inst.args else {
+                continue;
+            };
+            for (name, default) in args {
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                let value = plan
+                    .options
+                    .build_args
+                    .get(name)
+                    .or(plan.meta_args.get(name))
+                    .or(default.as_ref())
+                    .map_or("", String::as_str);
+                println!("{}\t{}", printable(name), printable(value));
+            }
+        }
+    }
 }
 
 /// `--check`: prints what the build checks found, as buildx does; an error when any did.

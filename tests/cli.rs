@@ -1444,3 +1444,51 @@ fn output_compression_and_media_types() {
         assert_eq!(ran.code, 2, "{bad}: {}", ran.summary());
     }
 }
+
+#[test]
+fn call_targets_and_outline() {
+    // --call=targets lists the stages (the default one marked), --call=outline the build
+    // args the target reads with their values; neither builds.
+    let dir = TestDir::new("call");
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "ARG BASE=scratch\nFROM ${BASE} AS build\nARG VERSION=1.0\nCOPY . /src\nFROM scratch AS release\nARG MODE=fast\nCOPY --from=build /src /s\n",
+    )
+    .unwrap();
+    let cache = dir.join("cache").to_string_lossy().into_owned();
+    let ctx_s = ctx.to_string_lossy().into_owned();
+    let call = |extra: &[&str]| {
+        let mut argv = vec!["build", "--cache-dir", &cache];
+        argv.extend_from_slice(extra);
+        argv.push(&ctx_s);
+        rbuild(dir.path(), &argv, None)
+    };
+    let targets = call(&["--call=targets"]);
+    targets.assert_ok("--call=targets");
+    assert_eq!(
+        targets.stdout_text(),
+        "TARGET\nbuild\nrelease (default)\n",
+        "{}",
+        targets.summary()
+    );
+    let outline = call(&["--call", "outline", "--build-arg", "MODE=slow"]);
+    outline.assert_ok("--call outline");
+    let text = outline.stdout_text();
+    for line in [
+        "TARGET:\trelease",
+        "BASE\tscratch",
+        "VERSION\t1.0",
+        "MODE\tslow",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in {text}");
+    }
+    assert!(
+        !dir.join("cache/blobs/sha256").exists()
+            || dir_entries(&dir.join("cache/blobs/sha256")).is_empty(),
+        "--call built something"
+    );
+    assert_eq!(call(&["--check", "--call=targets"]).code, 2);
+    assert_eq!(call(&["--call=bogus"]).code, 2);
+}

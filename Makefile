@@ -7,7 +7,7 @@ TARGET ?= x86_64-unknown-linux-gnu
 STATIC_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 BIN    := target/rbuild
 
-.PHONY: all build base example test bench lint clean
+.PHONY: all build base example test bench lint man clean
 
 all: build
 
@@ -29,6 +29,11 @@ test:
 
 bench: build base
 	scripts/bench.sh
+
+# Man pages (rbuild.1, rbuild-build.1, ...) from the same definitions as --help.
+man: build
+	$(BIN) help --man target/man
+	@echo "man pages in target/man (man -l target/man/rbuild.1)"
 
 lint:
 	$(CARGO) fmt --check

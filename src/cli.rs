@@ -99,10 +99,14 @@ enum Command {
     Info(info::InfoArgs),
     /// Print the version.
     Version,
-    /// Print this help, or a command's (`rbuild help image`).
+    /// Print this help, or a command's (`rbuild help image`); or write the man pages.
     Help {
         /// The command.
         command: Vec<String>,
+        /// Write man pages (rbuild.1, rbuild-build.1, rbuild-image-ls.1, ...) into DIR,
+        /// from the same definitions as --help.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        man: Option<PathBuf>,
     },
 }
 
@@ -401,7 +405,14 @@ pub fn main_with_args(argv: Vec<OsString>) -> i32 {
             println!("rbuild {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK
         }
-        Some(Command::Help { command }) => {
+        Some(Command::Help { man: Some(dir), .. }) => match write_man_pages(&dir) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                print_error(&e);
+                EXIT_BUILD_FAILED
+            }
+        },
+        Some(Command::Help { command, .. }) => {
             let mut argv: Vec<String> = vec!["rbuild".into()];
             argv.extend(command);
             argv.push("--help".into());
@@ -411,6 +422,14 @@ pub fn main_with_args(argv: Vec<OsString>) -> i32 {
             }
         }
     }
+}
+
+/// `rbuild help --man DIR`: a man page per command, from the clap definitions.
+fn write_man_pages(dir: &Path) -> Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))
 }
 
 /// Prints a clap error (or the help or version it stands for); returns the exit code.
@@ -686,7 +705,11 @@ fn prepare_sandbox(
         IsolationArg::Namespaces => Some(Isolation::Namespaces),
         IsolationArg::Chroot => Some(Isolation::Chroot),
     };
-    let mapping = crate::sandbox::userns::enter()?;
+    // Without root, this forks: the parent only waits, the child builds.
+    progress.pause();
+    let mapping = crate::sandbox::userns::enter();
+    progress.resume();
+    let mapping = mapping?;
     if let crate::sandbox::userns::Mapping::SingleId { reason } = &mapping {
         progress.note(&format!(
             "warning: only your own user id is mapped into the build's user namespace ({reason}): files in RUN steps can belong to root only, and chown to other ids fails"

@@ -67,7 +67,9 @@ fn steps(ran: &Ran) -> Vec<(String, bool)> {
         let Some((id, text)) = rest.split_once(' ') else {
             continue;
         };
-        if text.starts_with('[') {
+        // The Dockerfile's steps after FROM: not `[internal] ...`, not the FROM itself.
+        let op = text.split("] ").nth(1).unwrap_or("");
+        if text.starts_with('[') && !text.starts_with("[internal]") && !op.starts_with("FROM ") {
             titles.insert(id.to_string(), text.to_string());
             order.push(id.to_string());
         } else if text == "CACHED" {

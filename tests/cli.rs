@@ -1492,3 +1492,26 @@ fn call_targets_and_outline() {
     assert_eq!(call(&["--check", "--call=targets"]).code, 2);
     assert_eq!(call(&["--call=bogus"]).code, 2);
 }
+
+#[test]
+fn man_pages_come_from_the_help_definitions() {
+    // `rbuild help --man DIR` writes a page per command, with the options --help lists.
+    let dir = TestDir::new("man");
+    let out = dir.join("man");
+    let out_s = out.to_string_lossy().into_owned();
+    rbuild(dir.path(), &["help", "--man", &out_s], None).assert_ok("help --man");
+    for (page, needle) in [
+        ("rbuild.1", "snapshotter"),
+        ("rbuild-build.1", "snapshotter"),
+        ("rbuild-image-save.1", "oci\\-archive"),
+        ("rbuild-prune.1", "force"),
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+        assert!(text.contains(needle), "{page} lacks {needle:?}");
+    }
+}

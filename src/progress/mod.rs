@@ -184,6 +184,20 @@ impl Progress {
         }
     }
 
+    /// Before a fork: stops what runs on other threads (the tty view's redraws).
+    pub fn pause(&self) {
+        if let Some(b) = &self.tty {
+            b.pause();
+        }
+    }
+
+    /// After a fork, in the process that goes on: starts it again.
+    pub fn resume(&self) {
+        if let Some(b) = &self.tty {
+            b.resume();
+        }
+    }
+
     /// Time since the build started.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()

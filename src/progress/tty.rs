@@ -61,30 +61,46 @@ pub struct Board {
 impl Board {
     /// Starts the view and its redraw thread.
     pub fn start() -> Board {
-        let screen = Arc::new(Mutex::new(Screen {
-            started: Instant::now(),
-            rows: Vec::new(),
-            drawn: 0,
-            finished: false,
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let ticker = {
-            let (screen, stop) = (Arc::clone(&screen), Arc::clone(&stop));
-            std::thread::Builder::new()
-                .name("progress".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(TICK);
-                        lock(&screen).redraw();
-                    }
-                })
-                .ok()
+        let board = Board {
+            screen: Arc::new(Mutex::new(Screen {
+                started: Instant::now(),
+                rows: Vec::new(),
+                drawn: 0,
+                finished: false,
+            })),
+            stop: Arc::new(AtomicBool::new(false)),
+            ticker: Mutex::new(None),
         };
-        Board {
-            screen,
-            stop,
-            ticker: Mutex::new(ticker),
+        board.resume();
+        board
+    }
+
+    /// Stops the redraw thread (before a fork: a thread does not survive it, and a
+    /// parent that only waits must not draw).
+    pub fn pause(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = lock(&self.ticker).take() {
+            let _ = t.join();
         }
+    }
+
+    /// Starts the redraw thread (again, e.g. in the child after a fork).
+    pub fn resume(&self) {
+        let mut ticker = lock(&self.ticker);
+        if ticker.is_some() || lock(&self.screen).finished {
+            return;
+        }
+        self.stop.store(false, Ordering::Relaxed);
+        let (screen, stop) = (Arc::clone(&self.screen), Arc::clone(&self.stop));
+        *ticker = std::thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    lock(&screen).redraw();
+                }
+            })
+            .ok();
     }
 
     /// A step started.
@@ -147,10 +163,7 @@ impl Board {
 
     /// The last frame, then the output of failed steps; the redraw thread stops.
     pub fn finish(&self, ok: bool) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = lock(&self.ticker).take() {
-            let _ = t.join();
-        }
+        self.pause();
         let mut s = lock(&self.screen);
         if s.finished {
             return;

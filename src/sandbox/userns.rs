@@ -296,10 +296,7 @@ pub fn enter() -> Result<Mapping> {
     match side {
         Side::Child(pipes) => {
             // Die with the supervisor rather than linger.
-            // SAFETY: plain prctl call.
-            unsafe {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            }
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
             let mapping = unshare_and_wait(&f, pipes)?;
             nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
                 .context("cannot become root in the user namespace")?;

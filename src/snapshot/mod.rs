@@ -5,6 +5,7 @@
 mod apply;
 pub mod clone;
 pub mod compression;
+mod fdwalk;
 pub mod fuse_overlay;
 mod layer;
 pub mod overlay;

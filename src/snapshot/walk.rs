@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::fdwalk::Descend;
 use super::{Content, EntryKind, LayerEntry, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::coarse_clock::Stamp;
 
@@ -30,15 +31,15 @@ struct Meta {
 }
 
 impl Meta {
-    fn of(m: &fs::Metadata) -> Meta {
+    fn of_stat(st: &nix::sys::stat::FileStat) -> Meta {
         Meta {
-            ino: m.ino(),
-            mode: m.mode(),
-            uid: m.uid(),
-            gid: m.gid(),
-            size: m.size(),
-            ctime: (m.ctime(), m.ctime_nsec()),
-            mtime: (m.mtime(), m.mtime_nsec()),
+            ino: st.st_ino,
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+            mtime: (st.st_mtime, st.st_mtime_nsec),
         }
     }
 
@@ -76,18 +77,17 @@ pub fn skipped(rel: &str) -> bool {
     })
 }
 
-fn walk(root: &Path) -> impl Iterator<Item = walkdir::Result<walkdir::DirEntry>> {
-    walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-}
-
-fn rel_of(root: &Path, p: &Path) -> String {
-    p.strip_prefix(root)
-        .map(|r| r.to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// Walks `root` by descriptors (linear in its entries whatever the depth), leaving out
+/// what is below the sandbox's mount points.
+fn walk(root: &Path, visit: &mut dyn FnMut(&str, Meta) -> Result<()>) -> Result<()> {
+    super::fdwalk::walk(root, &mut |rel, st| {
+        visit(rel, Meta::of_stat(st))?;
+        Ok(if SANDBOX_MOUNTS.contains(&rel) {
+            Descend::No
+        } else {
+            Descend::Yes
+        })
+    })
 }
 
 impl TreeState {
@@ -98,17 +98,11 @@ impl TreeState {
     pub fn capture(root: &Path) -> Result<(TreeState, Stamp)> {
         let mut entries = HashMap::new();
         let mut newest = (0i64, 0i64);
-        for e in walk(root) {
-            crate::cancel::Cancel.check()?;
-            let e = e.with_context(|| format!("cannot read {}", root.display()))?;
-            let rel = rel_of(root, e.path());
-            if skipped(&rel) {
-                continue;
-            }
-            let m = Meta::of(&e.metadata()?);
+        walk(root, &mut |rel, m| {
             newest = newest.max(m.ctime);
-            entries.insert(rel, m);
-        }
+            entries.insert(rel.to_string(), m);
+            Ok(())
+        })?;
         Ok((TreeState { entries }, newest))
     }
 
@@ -118,35 +112,31 @@ impl TreeState {
         let mut seen: HashSet<String> = HashSet::new();
         // Directories replaced by new ones: everything below them is new.
         let mut replaced: Vec<String> = Vec::new();
-        for e in walk(root) {
-            crate::cancel::Cancel.check()?;
-            let e = e.with_context(|| format!("cannot read {}", root.display()))?;
-            let rel = rel_of(root, e.path());
-            if skipped(&rel) {
-                continue;
-            }
-            let meta = e.metadata()?;
-            let now = Meta::of(&meta);
-            seen.insert(rel.clone());
+        walk(root, &mut |rel, now| {
+            seen.insert(rel.to_string());
             let under_replaced = replaced.iter().any(|r| {
                 rel.strip_prefix(r.as_str())
                     .is_some_and(|x| x.starts_with('/'))
             });
-            let changed = match self.entries.get(&rel) {
+            let changed = match self.entries.get(rel) {
                 None => true,
                 Some(_) if under_replaced => true,
                 Some(before) => {
                     if before.is_dir() && now.is_dir() && before.ino != now.ino {
-                        replaced.push(rel.clone());
-                        out.push(opaque_marker(&rel, &now));
+                        replaced.push(rel.to_string());
+                        out.push(opaque_marker(rel, &now));
                     }
                     before.differs(&now)
                 }
             };
             if changed {
-                out.push(entry_of(&rel, e.path(), &meta)?);
+                let host = root.join(rel);
+                let meta = fs::symlink_metadata(&host)
+                    .with_context(|| format!("cannot read {}", host.display()))?;
+                out.push(entry_of(rel, &host, &meta)?);
             }
-        }
+            Ok(())
+        })?;
         // Deletions: one whiteout at the top of each deleted subtree.
         let mut gone: Vec<&String> = self.entries.keys().filter(|k| !seen.contains(*k)).collect();
         gone.sort();

@@ -146,7 +146,7 @@ impl<W: Write> TarWriter<W> {
         finish_checksum(&mut block);
         self.out.write_all(&block)?;
         if size > 0 {
-            let copied = io::copy(&mut data.take(size), &mut self.out)?;
+            let copied = copy_sized(&mut data.take(size), &mut self.out, size)?;
             if copied != size {
                 bail!(
                     "{}: expected {size} bytes but read {copied} (the file changed while it was being read)",
@@ -248,6 +248,24 @@ fn finish_checksum(block: &mut [u8; BLOCK]) {
     let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
     let text = format!("{sum:06o}\0 ");
     block[148..156].copy_from_slice(text.as_bytes());
+}
+
+/// `io::copy` with reads of up to 1 MiB (at most `size`, the entry's size): entry data
+/// comes through `dyn Read`/`dyn Write`, where `io::copy` falls back to 8 KiB, a system
+/// call per 8 KiB of a layer or blob.
+fn copy_sized(r: &mut dyn Read, w: &mut dyn Write, size: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; size.clamp(1, 1 << 20) as usize];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
 }
 
 #[cfg(test)]

@@ -37,8 +37,16 @@ fn serve(base: &Path) -> (Daemon, u16) {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new("git")
-        .arg("daemon")
+    // git-daemon itself, not `git daemon`: the `git` wrapper would run it as a child of
+    // its own, which killing the wrapper leaves behind.
+    let exec_path = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git --exec-path");
+    let exec_path = String::from_utf8_lossy(&exec_path.stdout)
+        .trim()
+        .to_string();
+    let child = Command::new(Path::new(&exec_path).join("git-daemon"))
         .arg("--reuseaddr")
         .arg("--export-all")
         .arg(format!("--base-path={}", base.display()))

@@ -195,6 +195,10 @@ fn pump(
     let mut killed = false;
     loop {
         if cancel.requested() && !killed {
+            // The keeper's whole group: the step's init too, even when it was forked just
+            // before the keeper died and so missed its parent-death signal (the
+            // namespace, and the command in it, die with their init).
+            let _ = nix::sys::signal::killpg(keeper, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::signal::kill(keeper, nix::sys::signal::Signal::SIGKILL);
             killed = true;
         }

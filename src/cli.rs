@@ -24,7 +24,7 @@ use crate::solver::cache::CacheOptions;
 use crate::solver::mounts::MountInputs;
 use crate::solver::run::RunEnvironment;
 use crate::solver::{build, BuildInputs};
-use crate::source::registry::{Client, PushEvent, RegistryConfig};
+use crate::source::registry::{Client, RegistryConfig, TransferEvent};
 use crate::source::resolver::{NamedContext, PullPolicy, Puller, Resolver};
 use crate::store::gc::{self, Disk, Policy};
 use crate::store::Store;
@@ -271,6 +271,10 @@ pub struct BuildArgs {
     /// How registries are reached.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Pull-through mirror of docker.io, tried first; repeatable (env
+    /// `RBUILD_REGISTRY_MIRROR`, comma-separated).
+    #[arg(long = "registry-mirror", value_name = "HOST")]
+    pub registry_mirrors: Vec<String>,
     /// How RUN steps are isolated: auto (namespaces; chroot when rbuild runs as root where
     /// namespaces cannot be made), namespaces, or chroot.
     #[arg(
@@ -336,7 +340,8 @@ pub struct BuildArgs {
     pub context: Option<String>,
 }
 
-/// How registries are reached: certificates, plain-HTTP hosts, mirrors, credentials.
+/// How registries are reached: certificates, plain-HTTP hosts, credentials. Shared by
+/// `build` and `image push`; pull-through mirrors are a build's own flag.
 #[derive(Debug, Clone, Default, Args)]
 pub struct RegistryArgs {
     /// Extra CA certificates (PEM) trusted for registries; repeatable.
@@ -351,18 +356,15 @@ pub struct RegistryArgs {
     /// (loopback registries always may).
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
-    /// Pull-through mirror of docker.io, tried first; repeatable (env
-    /// `RBUILD_REGISTRY_MIRROR`, comma-separated).
-    #[arg(long = "registry-mirror", value_name = "HOST")]
-    pub registry_mirrors: Vec<String>,
     /// Registry credentials file (docker `config.json` format; env `REGISTRY_AUTH_FILE`).
     #[arg(long = "authfile", value_name = "FILE")]
     pub authfile: Option<PathBuf>,
 }
 
 impl RegistryArgs {
-    /// A registry client with these settings over the environment's.
-    pub fn client(&self) -> Result<Client> {
+    /// A registry client with these settings and `mirrors` (tried before docker.io, ahead
+    /// of the environment's) over the environment's.
+    pub fn client(&self, mirrors: &[String]) -> Result<Client> {
         let mut cfg = RegistryConfig::from_env();
         cfg.ca_files.extend(self.registry_ca.iter().cloned());
         if !self.cert_dirs.is_empty() {
@@ -370,9 +372,7 @@ impl RegistryArgs {
         }
         cfg.insecure
             .extend(self.insecure_registries.iter().cloned());
-        let mut mirrors = self.registry_mirrors.clone();
-        mirrors.append(&mut cfg.mirrors);
-        cfg.mirrors = mirrors;
+        cfg.mirrors.splice(0..0, mirrors.iter().cloned());
         if let Some(f) = &self.authfile {
             cfg.auth_file = Some(f.clone());
         }
@@ -1078,7 +1078,10 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
     } else {
         None
     };
-    let client = args.registry.client().map_err(build_failed)?;
+    let client = args
+        .registry
+        .client(&args.registry_mirrors)
+        .map_err(build_failed)?;
     let resolver = Resolver::new(
         &store,
         plan.options.platform.clone(),
@@ -1132,7 +1135,8 @@ fn run(args: &BuildArgs) -> Result<(), Failure> {
             dest: o.dest.clone(),
             names,
         };
-        let report = |e: &PushEvent| progress.status(&handle, &push_status(e));
+        let report =
+            |e: &TransferEvent| progress.status(&handle, &Status::of_transfer(e, "", "pushing "));
         let targets = ExportTargets {
             store: &store,
             registry: &client,
@@ -1255,26 +1259,6 @@ fn check_inputs_exist(args: &BuildArgs) -> Result<()> {
             args.context()
         ),
         _ => Ok(()),
-    }
-}
-
-/// A push event as a progress status: a blob's bytes sent, or already there.
-fn push_status(e: &PushEvent) -> Status {
-    let (digest, current, total, completed) = match e {
-        PushEvent::Present { digest, size } | PushEvent::Uploaded { digest, size } => {
-            (digest, *size, *size, true)
-        }
-        PushEvent::Progress {
-            digest,
-            done,
-            total,
-        } => (digest, *done, *total, false),
-    };
-    Status {
-        id: format!("pushing {digest}"),
-        current,
-        total: Some(total),
-        completed,
     }
 }
 
@@ -1429,16 +1413,18 @@ fn print_outline(plan: &Plan) {
     println!("TARGET:\t{}", printable(&target.label()));
     println!();
     println!("BUILD ARG\tVALUE");
+    // A `--build-arg` wins, then a global ARG's value, then the stage ARG's default.
+    let row = |name: &String, default: Option<&String>| {
+        let value = (plan.options.build_args.get(name))
+            .or(plan.meta_args.get(name))
+            .or(default)
+            .map_or("", String::as_str);
+        println!("{}\t{}", printable(name), printable(value));
+    };
     let mut seen = BTreeSet::new();
     for name in &plan.meta_declared {
         seen.insert(name.clone());
-        let value = plan
-            .options
-            .build_args
-            .get(name)
-            .or(plan.meta_args.get(name))
-            .map_or("", String::as_str);
-        println!("{}\t{}", printable(name), printable(value));
+        row(name, None);
     }
     for &i in &plan.order {
         for inst in &plan.stages[i].instructions {
@@ -1446,17 +1432,9 @@ fn print_outline(plan: &Plan) {
                 continue;
             };
             for (name, default) in args {
-                if !seen.insert(name.clone()) {
-                    continue;
+                if seen.insert(name.clone()) {
+                    row(name, default.as_ref());
                 }
-                let value = plan
-                    .options
-                    .build_args
-                    .get(name)
-                    .or(plan.meta_args.get(name))
-                    .or(default.as_ref())
-                    .map_or("", String::as_str);
-                println!("{}\t{}", printable(name), printable(value));
             }
         }
     }

@@ -891,6 +891,16 @@ fn help_and_version_words_and_every_subcommand_help() {
         let ran = rbuild(dir.path(), &bad, None);
         assert_eq!(ran.code, 2, "rbuild {bad:?}: {}", ran.summary());
     }
+    // Mirrors serve pulls: `image push` has the registry flags but not this one.
+    let push_help = rbuild(dir.path(), &["image", "push", "--help"], None);
+    assert!(push_help.stdout_text().contains("--authfile"));
+    assert!(!push_help.stdout_text().contains("--registry-mirror"));
+    let ran = rbuild(
+        dir.path(),
+        &["image", "push", "--registry-mirror", "m", "x"],
+        None,
+    );
+    assert_eq!(ran.code, 2, "{}", ran.summary());
 }
 
 #[test]

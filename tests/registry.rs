@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rbuild::image::reference::Reference;
 use rbuild::image::MEDIA_TYPE_INDEX;
 use rbuild::plan::platform::Platform;
-use rbuild::source::registry::{Client, PullEvent, RegistryConfig, RegistryError};
+use rbuild::source::registry::{Client, RegistryConfig, RegistryError, TransferEvent};
 use rbuild::store::Store;
 use serde_json::Value;
 
@@ -62,8 +62,8 @@ fn push_then_pull_round_trip() {
 
     let (_dst_dir, dst) = empty_store();
     let downloads = AtomicUsize::new(0);
-    let count = |e: &PullEvent| {
-        if matches!(e, PullEvent::Downloaded { .. }) {
+    let count = |e: &TransferEvent| {
+        if matches!(e, TransferEvent::Moved { .. }) {
             downloads.fetch_add(1, Ordering::SeqCst);
         }
     };

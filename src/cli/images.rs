@@ -220,7 +220,7 @@ fn run(args: ImageArgs) -> Result<()> {
             let dest =
                 Reference::parse(destination.as_deref().unwrap_or(&full))?.with_default_tag();
             let digest = registry
-                .client()?
+                .client(&[])?
                 .push(&dest, &image, &store, &[])
                 .with_context(|| format!("cannot push {dest}"))?;
             println!("pushed {dest}@{digest}");
@@ -299,7 +299,7 @@ fn save(
         dest,
         names: vec![full],
     };
-    let client = super::RegistryArgs::default().client()?;
+    let client = super::RegistryArgs::default().client(&[])?;
     let targets = ExportTargets {
         store,
         registry: &client,

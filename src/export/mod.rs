@@ -22,7 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::image::reference::Reference;
 use crate::image::{BuiltImage, LayerFormat};
 use crate::snapshot::tar_writer::{TarHeader, TarKind, TarWriter};
-use crate::source::registry::{Client, PushProgress};
+use crate::source::registry::{Client, TransferProgress};
 use crate::store::{Digest, Store};
 
 /// Which exporter.
@@ -116,7 +116,7 @@ pub struct ExportTargets<'a> {
     /// Repositories of base images, offered to registries for cross-repository mounts.
     pub mount_from: &'a [Reference],
     /// Where pushes report each blob's bytes.
-    pub push_progress: PushProgress<'a>,
+    pub push_progress: TransferProgress<'a>,
 }
 
 /// What an export pushed: each name with the manifest digest the registry holds.

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::source::registry::TransferEvent;
+
 mod rawjson;
 mod tty;
 
@@ -44,6 +46,35 @@ pub struct Status {
     pub total: Option<u64>,
     /// Finished.
     pub completed: bool,
+}
+
+impl Status {
+    /// A pull's or a push's event as a status: a blob's row is named `{blob_prefix}{digest}`,
+    /// a resolved manifest `resolve {reference}@{digest}`.
+    pub fn of_transfer(e: &TransferEvent, reference: &str, blob_prefix: &str) -> Status {
+        let blob = |digest, current, total, completed| Status {
+            id: format!("{blob_prefix}{digest}"),
+            current,
+            total: Some(total),
+            completed,
+        };
+        match e {
+            TransferEvent::Resolved { manifest } => Status {
+                id: format!("resolve {reference}@{manifest}"),
+                current: 0,
+                total: None,
+                completed: true,
+            },
+            TransferEvent::Present { digest, size } | TransferEvent::Moved { digest, size } => {
+                blob(digest, *size, *size, true)
+            }
+            TransferEvent::Progress {
+                digest,
+                done,
+                total,
+            } => blob(digest, *done, *total, false),
+        }
+    }
 }
 
 /// The progress sink shared by the build.

@@ -50,9 +50,13 @@ pub struct TarHeader {
 /// Streams tar entries into `W`.
 pub struct TarWriter<W: Write> {
     out: W,
+    /// The copy buffer, kept between entries; grows to the largest entry, up to 1 MiB.
+    buf: Vec<u8>,
 }
 
 const BLOCK: usize = 512;
+/// The largest read of an entry's data.
+const COPY_BUF_MAX: u64 = 1 << 20;
 /// Largest value of an 11-digit octal ustar field.
 const OCTAL11_MAX: u64 = 0o77777777777;
 /// Largest value of a 7-digit octal ustar field.
@@ -61,7 +65,10 @@ const OCTAL7_MAX: u64 = 0o7777777;
 impl<W: Write> TarWriter<W> {
     /// A writer producing an archive on `out`.
     pub fn new(out: W) -> TarWriter<W> {
-        TarWriter { out }
+        TarWriter {
+            out,
+            buf: Vec::new(),
+        }
     }
 
     /// Writes one entry. For files, exactly `size` bytes are read from `data`: a shorter
@@ -146,7 +153,11 @@ impl<W: Write> TarWriter<W> {
         finish_checksum(&mut block);
         self.out.write_all(&block)?;
         if size > 0 {
-            let copied = copy_sized(&mut data.take(size), &mut self.out, size)?;
+            let want = size.min(COPY_BUF_MAX) as usize;
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            let copied = copy_with(&mut data.take(size), &mut self.out, &mut self.buf[..want])?;
             if copied != size {
                 bail!(
                     "{}: expected {size} bytes but read {copied} (the file changed while it was being read)",
@@ -250,14 +261,13 @@ fn finish_checksum(block: &mut [u8; BLOCK]) {
     block[148..156].copy_from_slice(text.as_bytes());
 }
 
-/// `io::copy` with reads of up to 1 MiB (at most `size`, the entry's size): entry data
-/// comes through `dyn Read`/`dyn Write`, where `io::copy` falls back to 8 KiB, a system
+/// `io::copy` with reads the size of `buf` (the writer's, up to 1 MiB): entry data comes
+/// through `dyn Read`/`dyn Write`, where `io::copy` falls back to 8 KiB, a system
 /// call per 8 KiB of a layer or blob.
-fn copy_sized(r: &mut dyn Read, w: &mut dyn Write, size: u64) -> io::Result<u64> {
-    let mut buf = vec![0u8; size.clamp(1, 1 << 20) as usize];
+fn copy_with(r: &mut dyn Read, w: &mut dyn Write, buf: &mut [u8]) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
-        let n = match r.read(&mut buf) {
+        let n = match r.read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

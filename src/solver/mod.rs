@@ -27,7 +27,7 @@ use crate::progress::{Progress, Status, StepHandle};
 use crate::snapshot::clone::Snapshotter;
 use crate::snapshot::{write_layer, EntryKind, LayerEntry, LayerOptions};
 use crate::source::image::BaseImage;
-use crate::source::registry::PullEvent;
+use crate::source::registry::TransferEvent;
 use crate::source::resolver::Resolver;
 use crate::store::{Digest, Store};
 use cache::{chain_id, from_result, step_key, to_result, CacheOptions, KeyBase};
@@ -366,11 +366,11 @@ fn load_base(inp: &BuildInputs<'_>, r: &str) -> Result<(BaseImage, bool)> {
         .progress
         .start(format!("[internal] load metadata for {r}"));
     let pulled = AtomicBool::new(false);
-    let report = |e: &PullEvent| {
-        if matches!(e, PullEvent::Downloaded { .. }) {
+    let report = |e: &TransferEvent| {
+        if matches!(e, TransferEvent::Moved { .. }) {
             pulled.store(true, Ordering::Relaxed);
         }
-        inp.progress.status(&handle, &pull_status(r, e));
+        inp.progress.status(&handle, &Status::of_transfer(e, r, ""));
     };
     match inp.images.image_reporting(r, Some(&report)) {
         Ok(base) => {
@@ -382,32 +382,6 @@ fn load_base(inp: &BuildInputs<'_>, r: &str) -> Result<(BaseImage, bool)> {
             inp.progress.failed(handle);
             Err(e)
         }
-    }
-}
-
-/// A pull event as a progress status (`resolve REF@DIGEST`, a blob's bytes).
-fn pull_status(r: &str, e: &PullEvent) -> Status {
-    let blob = |digest: &Digest, current: u64, total: u64, completed: bool| Status {
-        id: digest.to_string(),
-        current,
-        total: Some(total),
-        completed,
-    };
-    match e {
-        PullEvent::Resolved { manifest } => Status {
-            id: format!("resolve {r}@{manifest}"),
-            current: 0,
-            total: None,
-            completed: true,
-        },
-        PullEvent::Cached { digest, size } | PullEvent::Downloaded { digest, size } => {
-            blob(digest, *size, *size, true)
-        }
-        PullEvent::Progress {
-            digest,
-            done,
-            total,
-        } => blob(digest, *done, *total, false),
     }
 }
 

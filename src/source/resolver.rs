@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::archive::import_layout_image;
 use super::image::{open_stored, BaseImage};
-use super::registry::PullProgress;
+use super::registry::TransferProgress;
 use crate::image::reference::Reference;
 use crate::plan::Platform;
 use crate::store::{Digest, Store};
@@ -85,7 +85,7 @@ pub trait Puller: Sync {
         reference: &Reference,
         platform: &Platform,
         store: &Store,
-        progress: PullProgress,
+        progress: TransferProgress,
     ) -> Result<Digest>;
 }
 
@@ -95,7 +95,7 @@ impl Puller for super::registry::Client {
         reference: &Reference,
         platform: &Platform,
         store: &Store,
-        progress: PullProgress,
+        progress: TransferProgress,
     ) -> Result<Digest> {
         let pulled = super::registry::Client::pull(self, reference, platform, store, progress)?;
         if reference.tag.is_some() {
@@ -164,7 +164,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// As [`Resolver::image`], reporting a pull's progress to `progress`.
-    pub fn image_reporting(&self, name: &str, progress: PullProgress) -> Result<BaseImage> {
+    pub fn image_reporting(&self, name: &str, progress: TransferProgress) -> Result<BaseImage> {
         let image = match self.named_context(name) {
             Some(NamedContext::Image(r)) => self.registry_image(r, progress)?,
             Some(NamedContext::OciLayout { dir, selector }) => {
@@ -188,7 +188,7 @@ impl<'a> Resolver<'a> {
         Ok(image)
     }
 
-    fn registry_image(&self, name: &str, progress: PullProgress) -> Result<BaseImage> {
+    fn registry_image(&self, name: &str, progress: TransferProgress) -> Result<BaseImage> {
         let reference = Reference::parse(name)?.with_default_tag();
         let full = reference.to_string();
         if self.policy != PullPolicy::Always {

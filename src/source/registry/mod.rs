@@ -11,6 +11,7 @@ mod auth;
 mod config;
 mod credentials;
 mod error;
+mod events;
 mod manifest;
 mod pull;
 mod push;
@@ -29,9 +30,9 @@ use ureq::Agent;
 
 pub use config::RegistryConfig;
 pub use error::RegistryError;
+pub use events::{TransferEvent, TransferProgress};
 pub use manifest::{Manifest, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST};
-pub use pull::{PullEvent, PullProgress, PulledImage};
-pub use push::{PushEvent, PushProgress};
+pub use pull::PulledImage;
 
 use auth::{Challenge, Token};
 use credentials::Credentials;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use ureq::http::Method;
 
 use super::error::RegistryError;
+use super::events::{emit, TransferEvent, TransferProgress};
 use super::manifest::{media_type_of, parse_image, Manifest, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
 use super::transport::{status_error, transport_error, Repo, Req};
 use super::{parallel, Client, PARALLEL_TRANSFERS};
@@ -17,42 +18,6 @@ use crate::image::Layer;
 use crate::plan::platform::Platform;
 use crate::source::index::{parse_index, select_platform};
 use crate::store::{Digest, HashingWriter, Store};
-
-/// Progress of a pull, as reported to the caller's callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PullEvent {
-    /// The image manifest for the platform is known.
-    Resolved {
-        /// Its digest.
-        manifest: Digest,
-    },
-    /// A blob was already in the store: nothing downloaded.
-    Cached {
-        /// The blob.
-        digest: Digest,
-        /// Its size.
-        size: u64,
-    },
-    /// Bytes of a blob arrived (reported about every MiB).
-    Progress {
-        /// The blob.
-        digest: Digest,
-        /// Bytes so far.
-        done: u64,
-        /// Its size.
-        total: u64,
-    },
-    /// A blob was downloaded, verified and stored.
-    Downloaded {
-        /// The blob.
-        digest: Digest,
-        /// Its size.
-        size: u64,
-    },
-}
-
-/// The progress callback of [`Client::pull`].
-pub type PullProgress<'a> = Option<&'a (dyn Fn(&PullEvent) + Sync)>;
 
 /// A pulled image: every blob it names is in the store.
 #[derive(Debug, Clone)]
@@ -109,7 +74,7 @@ impl Client {
         reference: &Reference,
         platform: &Platform,
         store: &Store,
-        progress: PullProgress,
+        progress: TransferProgress,
     ) -> Result<PulledImage> {
         self.on_endpoints(reference, |repo| {
             self.pull_from(repo, reference, platform, store, progress)
@@ -145,7 +110,7 @@ impl Client {
         reference: &Reference,
         platform: &Platform,
         store: &Store,
-        progress: PullProgress,
+        progress: TransferProgress,
     ) -> Result<PulledImage> {
         let top = fetch_top(self, repo, reference)?;
         if top.is_index() {
@@ -155,7 +120,7 @@ impl Client {
         store.write_blob(&manifest.bytes)?;
         emit(
             progress,
-            PullEvent::Resolved {
+            TransferEvent::Resolved {
                 manifest: manifest.digest.clone(),
             },
         );
@@ -207,12 +172,12 @@ impl Client {
         digest: &Digest,
         size: u64,
         store: &Store,
-        progress: PullProgress,
+        progress: TransferProgress,
     ) -> Result<()> {
         if store.has_blob(digest) {
             emit(
                 progress,
-                PullEvent::Cached {
+                TransferEvent::Present {
                     digest: digest.clone(),
                     size,
                 },
@@ -222,18 +187,12 @@ impl Client {
         self.with_retries(|| download_blob(repo, digest, size, store, progress))?;
         emit(
             progress,
-            PullEvent::Downloaded {
+            TransferEvent::Moved {
                 digest: digest.clone(),
                 size,
             },
         );
         Ok(())
-    }
-}
-
-fn emit(progress: PullProgress, event: PullEvent) {
-    if let Some(f) = progress {
-        f(&event);
     }
 }
 
@@ -244,7 +203,7 @@ fn download_blob(
     digest: &Digest,
     size: u64,
     store: &Store,
-    progress: PullProgress,
+    progress: TransferProgress,
 ) -> Result<()> {
     let what = format!("downloading blob {digest}");
     let req = Req::new(Method::GET, repo.url(&format!("blobs/{digest}")));
@@ -279,7 +238,7 @@ fn download_blob(
             reported = done;
             emit(
                 progress,
-                PullEvent::Progress {
+                TransferEvent::Progress {
                     digest: digest.clone(),
                     done,
                     total: size,
@@ -447,7 +406,7 @@ mod tests {
         let c = client(RegistryConfig::default());
         let r = reference(&server.host(), "app");
         let events = Mutex::new(Vec::new());
-        let record = |e: &PullEvent| events.lock().unwrap().push(e.clone());
+        let record = |e: &TransferEvent| events.lock().unwrap().push(e.clone());
         let img = c.pull(&r, &amd64(), &store, Some(&record)).unwrap();
         assert_eq!(img.manifest_digest, fx.manifest_digest);
         assert_eq!(img.manifest, fx.manifest);
@@ -467,7 +426,7 @@ mod tests {
             assert!(store.has_blob(d), "{d}");
         }
         assert_eq!(blob_gets.load(Ordering::SeqCst), 2);
-        assert!(events.lock().unwrap().contains(&PullEvent::Downloaded {
+        assert!(events.lock().unwrap().contains(&TransferEvent::Moved {
             digest: fx.layer_digest.clone(),
             size: fx.layer.len() as u64
         }));
@@ -479,7 +438,7 @@ mod tests {
         assert!(
             events
                 .iter()
-                .all(|e| !matches!(e, PullEvent::Downloaded { .. })),
+                .all(|e| !matches!(e, TransferEvent::Moved { .. })),
             "{events:?}"
         );
         assert!(tmp_is_empty(&store));

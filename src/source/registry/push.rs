@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ureq::http::Method;
 
 use super::config::api_host;
+use super::events::{emit, TransferEvent, TransferProgress};
 use super::transport::{location, resolve_location, status_error, with_query, Payload, Repo, Req};
 use super::{parallel, Client, PARALLEL_TRANSFERS};
 use crate::image::reference::Reference;
@@ -39,7 +40,7 @@ impl Client {
         image: &BuiltImage,
         store: &Store,
         mount_from: &[String],
-        progress: PushProgress,
+        progress: TransferProgress,
     ) -> Result<Digest> {
         let sources: Vec<&str> = mount_from
             .iter()
@@ -137,7 +138,7 @@ impl Client {
         digest: &Digest,
         store: &Store,
         sources: &[&str],
-        progress: PushProgress,
+        progress: TransferProgress,
     ) -> Result<()> {
         let file = store.open_blob(digest)?;
         let len = file
@@ -148,7 +149,7 @@ impl Client {
         let present = || {
             emit(
                 progress,
-                PushEvent::Present {
+                TransferEvent::Present {
                     digest: digest.clone(),
                     size: len,
                 },
@@ -181,7 +182,7 @@ impl Client {
             self.upload(repo, &upload, &blob, &what, progress)?;
             emit(
                 progress,
-                PushEvent::Uploaded {
+                TransferEvent::Moved {
                     digest: digest.clone(),
                     size: len,
                 },
@@ -245,7 +246,7 @@ impl Client {
         url: &str,
         blob: &Blob<'_>,
         what: &str,
-        progress: PushProgress,
+        progress: TransferProgress,
     ) -> Result<()> {
         let (file, len, digest) = (blob.file, blob.len, blob.digest);
         let digest_s = digest.to_string();
@@ -291,7 +292,7 @@ impl Client {
             offset += n;
             emit(
                 progress,
-                PushEvent::Progress {
+                TransferEvent::Progress {
                     digest: digest.clone(),
                     done: offset,
                     total: len,
@@ -307,43 +308,6 @@ struct Blob<'a> {
     file: &'a File,
     len: u64,
     digest: &'a Digest,
-}
-
-/// Progress of a push, as reported to the caller's callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PushEvent {
-    /// The registry had the blob already, or mounted it from another repository.
-    Present {
-        /// The blob.
-        digest: Digest,
-        /// Its size.
-        size: u64,
-    },
-    /// Bytes of a blob were sent (after each chunk of a chunked upload).
-    Progress {
-        /// The blob.
-        digest: Digest,
-        /// Bytes so far.
-        done: u64,
-        /// Its size.
-        total: u64,
-    },
-    /// A blob was uploaded.
-    Uploaded {
-        /// The blob.
-        digest: Digest,
-        /// Its size.
-        size: u64,
-    },
-}
-
-/// The progress callback of [`Client::push_reporting`].
-pub type PushProgress<'a> = Option<&'a (dyn Fn(&PushEvent) + Sync)>;
-
-fn emit(progress: PushProgress, event: PushEvent) {
-    if let Some(f) = progress {
-        f(&event);
-    }
 }
 
 /// What a mount attempt gave.

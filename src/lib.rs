@@ -11,6 +11,7 @@ pub mod csv_fields;
 pub mod dockerfile;
 pub mod export;
 pub mod image;
+pub mod inroot;
 pub mod plan;
 pub mod progress;
 pub mod sandbox;

@@ -12,7 +12,6 @@ mod extract;
 
 pub use extract::{Declared, Device};
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs;
 use std::io::ErrorKind;
@@ -22,15 +21,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use walkdir::WalkDir;
 
 use dockerignore::{Glob, Ignore};
+use nix::fcntl::OFlag;
 
-/// Symbolic links followed while resolving one path before giving up.
-const MAX_LINK_HOPS: usize = 255;
+use crate::inroot::{InRootError, Root, Rules};
 
 /// A build context (or another source tree a COPY reads from).
 #[derive(Debug)]
 pub struct BuildContext {
     /// Canonical root directory.
     root: PathBuf,
+    /// The root, opened: every source is resolved inside it by descriptors.
+    dir: Root,
     ignore: Ignore,
     /// How the root is named in error messages.
     label: &'static str,
@@ -80,7 +81,6 @@ enum Miss {
     NotDir,
     Excluded,
     Loop,
-    Escape,
     Other(anyhow::Error),
 }
 
@@ -126,6 +126,7 @@ impl BuildContext {
             bail!("{} is not a directory", dir.display());
         }
         Ok(BuildContext {
+            dir: Root::open_dir(&root)?,
             root,
             ignore: Ignore::default(),
             label: "the source directory",
@@ -146,6 +147,7 @@ impl BuildContext {
         let root = fs::canonicalize(extracted.path())
             .with_context(|| format!("cannot open {}", extracted.path().display()))?;
         let mut ctx = BuildContext {
+            dir: Root::open_dir(&root)?,
             root,
             ignore: Ignore::default(),
             label: "the build context",
@@ -335,62 +337,37 @@ impl BuildContext {
     }
 
     /// Resolves `comps` starting from the real directory `base`, following symbolic links
-    /// with the root as `/`.
+    /// with the root as `/` ([`crate::inroot`]); a link whose own path `.dockerignore`
+    /// excludes leads nowhere.
     fn lookup(
         &self,
         base: Vec<OsString>,
         comps: impl IntoIterator<Item = OsString>,
     ) -> Result<Found, Miss> {
-        let mut real = base;
-        let mut pending: VecDeque<OsString> = comps.into_iter().collect();
-        let mut hops = 0;
-        while let Some(c) = pending.pop_front() {
-            if c.is_empty() || c == "." {
-                continue;
-            }
-            if c == ".." {
-                real.pop();
-                continue;
-            }
-            real.push(c);
-            let host = self.host(&real);
-            let meta = fs::symlink_metadata(&host).map_err(io_miss)?;
-            if meta.file_type().is_symlink() {
-                hops += 1;
-                if hops > MAX_LINK_HOPS {
-                    return Err(Miss::Loop);
-                }
-                if self.ignore.is_excluded(&rel_string(&real)) {
-                    return Err(Miss::Excluded);
-                }
-                let target = fs::read_link(&host).map_err(io_miss)?;
-                real.pop();
-                let mut front = Vec::new();
-                for t in target.components() {
-                    match t {
-                        Component::Prefix(_) | Component::RootDir => real.clear(),
-                        Component::CurDir => {}
-                        Component::ParentDir => front.push(OsString::from("..")),
-                        Component::Normal(n) => front.push(n.to_os_string()),
-                    }
-                }
-                for f in front.into_iter().rev() {
-                    pending.push_front(f);
-                }
-            } else if !meta.is_dir() && !pending.is_empty() {
-                return Err(Miss::NotDir);
-            }
+        let mut path: PathBuf = base.into_iter().collect();
+        path.extend(comps);
+        let r = self
+            .dir
+            .resolve(&path, Rules::chroot(true))
+            .map_err(|e| match e {
+                InRootError::NotDir(_) => Miss::NotDir,
+                InRootError::Loop(_) => Miss::Loop,
+                e => Miss::Other(e.into()),
+            })?;
+        if r.links
+            .iter()
+            .any(|l| self.ignore.is_excluded(&rel_string(l)))
+        {
+            return Err(Miss::Excluded);
         }
-        let host = self.host(&real);
-        let meta = fs::symlink_metadata(&host).map_err(io_miss)?;
-        // Defensive: what was found must really be inside the root.
-        match fs::canonicalize(&host) {
-            Ok(c) if c.starts_with(&self.root) && !meta.file_type().is_symlink() => {
-                Ok(Found { real, meta })
-            }
-            Ok(_) => Err(Miss::Escape),
-            Err(e) => Err(io_miss(e)),
-        }
+        let Some(fd) = r.fd else {
+            return Err(Miss::NotFound);
+        };
+        let meta = fs::File::from(fd)
+            .metadata()
+            .map_err(|e| Miss::Other(e.into()))?;
+        let real = r.rel.iter().map(OsString::from).collect();
+        Ok(Found { real, meta })
     }
 
     /// Turns a resolved path into a match, checking the trailing slash and `.dockerignore`.
@@ -443,19 +420,18 @@ impl BuildContext {
     /// Reads a regular file at `rel` inside the root (symbolic links confined); None when
     /// there is nothing there.
     fn read_inside(&self, rel: &str) -> Result<Option<String>> {
-        match self.lookup(
-            Vec::new(),
-            clean_components(rel).into_iter().map(OsString::from),
-        ) {
-            Ok(f) if f.meta.is_file() => {
-                let bytes =
-                    fs::read(self.host(&f.real)).with_context(|| format!("cannot read {rel}"))?;
-                Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
-            }
-            Ok(_) => bail!("{rel} in {} is not a regular file", self.label),
-            Err(Miss::NotFound | Miss::NotDir) => Ok(None),
-            Err(m) => Err(self.miss_error(rel, m)),
+        let mut file = match self.dir.open(Path::new(rel), OFlag::O_RDONLY) {
+            Ok(fd) => fs::File::from(fd),
+            Err(InRootError::NotFound(_) | InRootError::NotDir(_)) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {rel}")),
+        };
+        if !file.metadata()?.is_file() {
+            bail!("{rel} in {} is not a regular file", self.label);
         }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes)
+            .with_context(|| format!("cannot read {rel}"))?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     fn host(&self, real: &[OsString]) -> PathBuf {
@@ -486,20 +462,8 @@ impl BuildContext {
             Miss::NotDir => anyhow!("source {src:?}: not a directory"),
             Miss::Excluded => anyhow!("source {src:?} is excluded by .dockerignore"),
             Miss::Loop => anyhow!("source {src:?}: too many levels of symbolic links"),
-            Miss::Escape => anyhow!("source {src:?} resolves outside {label}"),
             Miss::Other(e) => e.context(format!("source {src:?}")),
         }
-    }
-}
-
-fn io_miss(e: std::io::Error) -> Miss {
-    match e.kind() {
-        ErrorKind::NotFound => Miss::NotFound,
-        _ => match e.raw_os_error() {
-            Some(libc::ENOTDIR) => Miss::NotDir,
-            Some(libc::ELOOP) => Miss::Loop,
-            _ => Miss::Other(e.into()),
-        },
     }
 }
 

@@ -603,65 +603,51 @@ fn step_mounts(spec: &RunSpec<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Opens `rel` below `root` as an `O_PATH` descriptor, refusing a symlink anywhere on the
-/// way; returns its parent's descriptor, its name and its own. A missing last component
-/// (hidden by a mount made above it) is made there: a directory, or an empty file when
-/// `dir` is false; that fails on a read-only mount.
+/// Opens `rel` below `root` as an `O_PATH` descriptor ([`crate::inroot`]), refusing a
+/// symlink anywhere on the way; returns its parent's descriptor, its name and its own. A
+/// missing last component (hidden by a mount made above it) is made there: a directory, or
+/// an empty file when `dir` is false; that fails on a read-only mount.
 fn open_beneath(root: &Path, rel: &str, dir: bool) -> Result<(OwnedFd, String, OwnedFd)> {
+    use crate::inroot::{AboveRoot, Links, Missing, Root, Rules};
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::Mode;
-    let path_flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut cur: OwnedFd = nix::fcntl::open(root, path_flags | OFlag::O_DIRECTORY, Mode::empty())?;
-    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-    let Some((last_name, _)) = comps.split_last() else {
+    let rules = Rules {
+        follow_last: true,
+        links: Links::Refuse,
+        above_root: AboveRoot::Refuse,
+        missing: Missing::Keep,
+    };
+    let r = Root::open_dir(root)?.resolve(Path::new(rel), rules)?;
+    let Some(name) = r.rel.file_name() else {
         bail!("cannot mount over the root");
     };
-    let mut parent: Option<OwnedFd> = None;
-    for (i, c) in comps.iter().enumerate() {
-        let last = i + 1 == comps.len();
-        let next = match openat(&cur, *c, path_flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(nix::errno::Errno::ENOENT) if last => {
-                if dir {
-                    nix::sys::stat::mkdirat(&cur, *c, Mode::from_bits_truncate(0o755))?;
-                } else {
-                    let made = openat(
-                        &cur,
-                        *c,
-                        OFlag::O_WRONLY
-                            | OFlag::O_CREAT
-                            | OFlag::O_EXCL
-                            | OFlag::O_NOFOLLOW
-                            | OFlag::O_CLOEXEC,
-                        Mode::from_bits_truncate(0o644),
-                    )?;
-                    drop(made);
-                }
-                openat(&cur, *c, path_flags, Mode::empty())?
-            }
-            Err(nix::errno::Errno::ENOENT) => {
-                bail!(
-                    "/{} does not exist below the mounts above it",
-                    comps[..=i].join("/")
-                )
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let st = nix::sys::stat::fstat(&next)?;
-        let kind = st.st_mode & libc::S_IFMT;
-        if kind == libc::S_IFLNK {
-            bail!(
-                "/{} is a symlink; refusing to mount through it",
-                comps[..=i].join("/")
-            );
-        }
-        if !last && kind != libc::S_IFDIR {
-            bail!("/{} is not a directory", comps[..=i].join("/"));
-        }
-        parent = Some(std::mem::replace(&mut cur, next));
+    let Some(parent) = r.parent else {
+        bail!(
+            "/{} does not exist below the mounts above it",
+            r.rel.parent().unwrap_or(&r.rel).display()
+        );
+    };
+    let name = name
+        .to_str()
+        .context("a mount point that is not UTF-8")?
+        .to_string();
+    if let Some(fd) = r.fd {
+        return Ok((parent, name, fd));
     }
-    let parent = parent.expect("one component at least");
-    Ok((parent, last_name.to_string(), cur))
+    if dir {
+        nix::sys::stat::mkdirat(&parent, name.as_str(), Mode::from_bits_truncate(0o755))?;
+    } else {
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
+        drop(openat(
+            &parent,
+            name.as_str(),
+            flags | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )?);
+    }
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(&parent, name.as_str(), flags, Mode::empty())?;
+    Ok((parent, name, fd))
 }
 
 /// Binds `source` at `target` (recursively), with [`restrict`]'s flags.

@@ -16,6 +16,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::stat::FileStat;
+
+use crate::inroot::{AboveRoot, FileKind, InRootError, Links, Missing, Root, Rules};
 
 use super::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
@@ -34,6 +37,7 @@ pub struct ApplyOptions {
 pub fn apply_layer(layer: impl Read, root: &Path, label: &str, opts: &ApplyOptions) -> Result<()> {
     let mut applier = Applier {
         root,
+        dir: Root::open_dir(root)?,
         opts,
         privileged: nix::unistd::geteuid().is_root(),
         created: HashSet::new(),
@@ -49,6 +53,8 @@ pub fn apply_layer(layer: impl Read, root: &Path, label: &str, opts: &ApplyOptio
 
 struct Applier<'a> {
     root: &'a Path,
+    /// The root, opened: paths of the layer are resolved inside it by descriptors.
+    dir: Root,
     opts: &'a ApplyOptions,
     privileged: bool,
     /// Paths this layer wrote (an opaque marker hides only what lower layers wrote).
@@ -221,78 +227,47 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Resolves a directory path of the layer inside the root, following symlinks that
-    /// stay inside it and refusing those that point out. An absolute symlink means the
-    /// image's own path (`var/run -> /run`), as in a container; when that path is not in
-    /// the image it is taken as pointing out. With `create`, missing directories are made
-    /// (mode 0755), but never behind an absolute symlink.
+    /// Resolves a directory path of the layer inside the root ([`crate::inroot`]),
+    /// following symlinks that stay inside it and refusing those that point out. An
+    /// absolute symlink means the image's own path (`var/run -> /run`), as in a container;
+    /// when that path is not in the image it is taken as pointing out. With `create`,
+    /// missing directories are made (mode 0755), but never behind an absolute symlink;
+    /// without, a missing one gives `None`.
     fn resolve_dir(&mut self, rel: &Path, create: bool) -> Result<Option<PathBuf>> {
-        let mut todo: Vec<PathBuf> = rel
-            .components()
-            .rev()
-            .map(|c| PathBuf::from(c.as_os_str()))
-            .collect();
-        let mut done = PathBuf::new();
-        let mut hops = 0;
-        // The last absolute symlink followed (its path and target), for refusals.
-        let mut absolute_link: Option<(PathBuf, PathBuf)> = None;
-        while let Some(c) = todo.pop() {
-            if c.as_os_str() == ".." {
-                if !done.pop() {
-                    bail!("a symlink on the way leads outside the root");
-                }
-                continue;
+        let rules = Rules {
+            follow_last: true,
+            links: Links::Follow,
+            above_root: AboveRoot::Refuse,
+            missing: if create {
+                Missing::MakeDirs
+            } else {
+                Missing::Keep
+            },
+        };
+        let (root, privileged, deferred) = (self.root, self.privileged, &mut self.deferred_dirs);
+        // Unprivileged, a read-only directory of a lower layer must still take this
+        // layer's entries: writable and searchable until its mode is restored at the end.
+        let mut writable = |rel: &Path, st: &FileStat| -> Result<(), InRootError> {
+            let mode = st.st_mode & 0o7777;
+            if privileged || mode & 0o300 == 0o300 {
+                return Ok(());
             }
-            if c.as_os_str() == "." {
-                continue;
-            }
-            let host = self.root.join(&done).join(&c);
-            match host.symlink_metadata() {
-                Ok(m) if m.is_dir() => {
-                    if !self.privileged && m.mode() & 0o300 != 0o300 {
-                        // Unprivileged: a read-only directory of a lower layer must still
-                        // take this layer's entries; its mode is restored at the end.
-                        fs::set_permissions(&host, fs::Permissions::from_mode(m.mode() | 0o700))?;
-                        self.deferred_dirs
-                            .push((host.clone(), m.mode() & 0o7777, m.mtime()));
-                    }
-                    done.push(&c);
+            let host = root.join(rel);
+            fs::set_permissions(&host, fs::Permissions::from_mode(mode | 0o700)).map_err(|e| {
+                InRootError::Io {
+                    path: rel.to_path_buf(),
+                    errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
                 }
-                Ok(m) if m.file_type().is_symlink() => {
-                    hops += 1;
-                    if hops > 255 {
-                        bail!("too many levels of symbolic links");
-                    }
-                    let target = fs::read_link(&host)?;
-                    if target.is_absolute() {
-                        absolute_link = Some((done.join(&c), target.clone()));
-                        done = PathBuf::new();
-                    }
-                    for t in target.components().rev() {
-                        if !matches!(t, std::path::Component::RootDir) {
-                            todo.push(PathBuf::from(t.as_os_str()));
-                        }
-                    }
-                }
-                Ok(_) => bail!("{} is not a directory", done.join(&c).display()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if let Some((link, target)) = &absolute_link {
-                        bail!(
-                            "{} is a symlink to {}, which is not in the image: it points outside the root; refusing to write through it",
-                            link.display(),
-                            target.display()
-                        );
-                    }
-                    if !create {
-                        return Ok(None);
-                    }
-                    fs::create_dir(&host)?;
-                    done.push(&c);
-                }
-                Err(e) => return Err(e.into()),
-            }
+            })?;
+            deferred.push((host, mode, st.st_mtime));
+            Ok(())
+        };
+        let r = self.dir.resolve_visiting(rel, rules, &mut writable)?;
+        match r.kind() {
+            Some(FileKind::Dir) => Ok(Some(self.root.join(&r.rel))),
+            Some(_) => bail!("{} is not a directory", r.rel.display()),
+            None => Ok(None),
         }
-        Ok(Some(self.root.join(done)))
     }
 
     /// Where a hard link's target is: its parent resolved like any directory, the last

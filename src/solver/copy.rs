@@ -13,9 +13,10 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::rootfs::{resolve_in_root, FileKind, Rootfs};
+use super::rootfs::{resolve_in_root, Rootfs};
 use super::users::Owner;
 use crate::context::{self, BuildContext, Device};
+use crate::inroot::FileKind;
 use crate::plan::steps::{CopySource, CopyStep};
 use crate::snapshot::compression::{decompressing_reader, looks_like_tar};
 use crate::snapshot::{apply_layer, ApplyOptions, Content, EntryKind, LayerEntry};
@@ -43,6 +44,8 @@ pub struct CopyInputs<'a> {
 /// ones; directories the destination needs and that do not exist are included.
 pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEntry>> {
     let dest = resolve_in_root(inp.dest_root, &step.dest, true)?;
+    let dest_kind = dest.kind();
+    let dest = dest.rel_str()?.to_string();
     let mut out = Entries::default();
 
     // What the sources are, before deciding whether the destination is a directory.
@@ -91,7 +94,7 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
     // slash in turn, the last one winning (BuildKit: moby#47064); several sources need a
     // directory.
     let into_dir = step.dest_is_dir
-        || dest.kind == Some(FileKind::Dir)
+        || dest_kind == Some(FileKind::Dir)
         || step.sources.len() > 1
         || matches.iter().any(|m| match m {
             Found::Path(p, _) => p.kind == context::EntryKind::Dir,
@@ -100,8 +103,8 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
         });
 
     if into_dir {
-        out.ensure_dir(inp, &dest.rel)?;
-    } else if let Some(parent) = parent_of(&dest.rel) {
+        out.ensure_dir(inp, &dest)?;
+    } else if let Some(parent) = parent_of(&dest) {
         out.ensure_dir(inp, parent)?;
     }
 
@@ -109,9 +112,9 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
         match m {
             Found::Heredoc(name, content) => {
                 let path = if into_dir {
-                    join(&dest.rel, name)
+                    join(&dest, name)
                 } else {
-                    dest.rel.clone()
+                    dest.clone()
                 };
                 let mode = step.chmod.as_ref().map_or(0o644, |c| c.apply(0o644, false));
                 let owner = inp.owner.unwrap_or(Owner { uid: 0, gid: 0 });
@@ -134,7 +137,7 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
                     if excluded(&step.exclude, &e.rel_path)? {
                         continue;
                     }
-                    let path = join(&dest.rel, &e.rel_path);
+                    let path = join(&dest, &e.rel_path);
                     if let Some(entry) =
                         entry_from_disk(&path, &e.host_path, &e.metadata, step, inp)?
                     {
@@ -154,10 +157,10 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
                             e.rel_path.clone()
                         };
                         if step.parents {
-                            out.ensure_parents_below(inp, &dest.rel, &rel)?;
+                            out.ensure_parents_below(inp, &dest, &rel)?;
                         }
                         if let Some(entry) = entry_from_disk(
-                            &join(&dest.rel, &rel),
+                            &join(&dest, &rel),
                             &e.host_path,
                             &e.metadata,
                             step,
@@ -174,19 +177,19 @@ pub fn copy_entries(step: &CopyStep, inp: &CopyInputs<'_>) -> Result<Vec<LayerEn
                     }
                     let target = if step.parents && into_dir {
                         let kept = below_pivot(&m.rel_path, pivot);
-                        out.ensure_parents_below(inp, &dest.rel, &kept)?;
-                        join(&dest.rel, &kept)
+                        out.ensure_parents_below(inp, &dest, &kept)?;
+                        join(&dest, &kept)
                     } else if into_dir {
-                        join(&dest.rel, name)
+                        join(&dest, name)
                     } else {
-                        dest.rel.clone()
+                        dest.clone()
                     };
                     if step.is_add
                         && m.kind == context::EntryKind::File
                         && is_archive(&m.host_path)?
                     {
                         let base = if into_dir {
-                            dest.rel.clone()
+                            dest.clone()
                         } else {
                             target.clone()
                         };
@@ -268,9 +271,9 @@ impl Entries {
                 continue;
             }
             let r = resolve_in_root(inp.dest_root, &format!("/{prefix}"), true)?;
-            match r.kind {
+            match r.kind() {
                 Some(FileKind::Dir) => continue,
-                Some(FileKind::Other) if r.rel == prefix => {
+                Some(_) if r.rel == Path::new(&prefix) => {
                     bail!("cannot copy to /{rel}: /{prefix} exists and is not a directory")
                 }
                 _ => {}

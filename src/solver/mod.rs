@@ -21,6 +21,7 @@ use crate::context::BuildContext;
 use crate::image::config::{History, ImageConfig};
 use crate::image::oci::{Descriptor, ImageManifest};
 use crate::image::{BuiltImage, Layer, MEDIA_TYPE_CONFIG};
+use crate::inroot::FileKind;
 use crate::plan::steps::{expand_stage, ConfigEdit, CopyFrom, Step, StepKind, DEFAULT_PATH};
 use crate::plan::{at_line, with_line, Base, Plan, Platform};
 use crate::progress::{Progress, Status, StepHandle};
@@ -33,7 +34,7 @@ use crate::store::{Digest, Store};
 use cache::{chain_id, from_result, step_key, to_result, CacheOptions, KeyBase};
 use copy::{copy_entries, CopyInputs};
 use mounts::MountFrom;
-use rootfs::{read_image_file, resolve_in_root, FileKind, RootKind, Rootfs};
+use rootfs::{read_image_file, resolve_in_root, RootKind, Rootfs};
 use run::{run_command, Differ, RunEnvironment, StepInputs};
 use users::resolve_owner;
 
@@ -728,39 +729,27 @@ fn missing_dirs(
     mtime: i64,
 ) -> Result<Vec<LayerEntry>> {
     let resolved = resolve_in_root(root, dir, true)?;
-    match resolved.kind {
+    match resolved.kind() {
         Some(FileKind::Dir) => return Ok(Vec::new()),
-        Some(FileKind::Other) => {
+        Some(_) => {
             return Err(anyhow!(
                 "WORKDIR {dir}: the path exists and is not a directory"
             ))
         }
         None => {}
     }
-    let mut entries = Vec::new();
-    let mut prefix = String::new();
-    for part in resolved.rel.split('/') {
-        prefix = if prefix.is_empty() {
-            part.to_string()
-        } else {
-            format!("{prefix}/{part}")
-        };
-        if resolve_in_root(root, &format!("/{prefix}"), true)?
-            .kind
-            .is_none()
-        {
-            entries.push(LayerEntry {
-                path: prefix.clone(),
-                kind: EntryKind::Dir,
-                mode: 0o755,
-                uid: owner.uid,
-                gid: owner.gid,
-                mtime,
-                xattrs: Vec::new(),
-            });
-        }
-    }
-    Ok(entries)
+    let parts: Vec<&str> = resolved.rel_str()?.split('/').collect();
+    Ok((resolved.existing..parts.len())
+        .map(|i| LayerEntry {
+            path: parts[..=i].join("/"),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: owner.uid,
+            gid: owner.gid,
+            mtime,
+            xattrs: Vec::new(),
+        })
+        .collect())
 }
 
 /// The config a `FROM scratch` stage starts with (BuildKit's: a default PATH, WorkingDir /).

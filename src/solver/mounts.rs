@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
-use super::rootfs::{resolve_in_root, FileKind, Resolved};
+use super::rootfs::resolve_in_root;
 use crate::cancel::Cancel;
 use crate::context::{BuildContext, EntryKind, SourceMatch};
+use crate::inroot::{FileKind, Root};
 use crate::plan::mounts::{MountKind, Sharing};
 use crate::plan::steps::RunMount;
 use crate::sandbox::run::{MountSource, StepMount};
@@ -96,13 +97,13 @@ pub fn prepare(
     let mut order: Vec<(usize, StepMount)> = Vec::new();
     let mut locks: BTreeMap<PathBuf, Sharing> = BTreeMap::new();
     // Targets as the image resolves them: mounts inside mounts are found by these.
-    let resolved: Vec<Option<Resolved>> = mounts
+    let resolved: Vec<Option<Target>> = mounts
         .iter()
         .map(|m| {
             m.spec
                 .target
                 .as_ref()
-                .map(|t| resolve_in_root(root, t, true))
+                .map(|t| Target::resolve(root, t))
                 .transpose()
         })
         .collect::<Result<_>>()?;
@@ -165,7 +166,7 @@ pub fn prepare(
             (Some(FileKind::Dir), false) => {
                 bail!("cannot mount a file over the directory {target}")
             }
-            (Some(FileKind::Other), true) => {
+            (Some(kind), true) if kind != FileKind::Dir => {
                 bail!("cannot mount a directory over the file {target}")
             }
             _ => {}
@@ -184,6 +185,24 @@ pub fn prepare(
     order.sort_by_key(|(depth, _)| *depth);
     out.mounts = order.into_iter().map(|(_, m)| m).collect();
     Ok(out)
+}
+
+/// A mount's target as the image resolves it.
+struct Target {
+    /// Relative to the root, links followed.
+    rel: String,
+    /// What is there now.
+    kind: Option<FileKind>,
+}
+
+impl Target {
+    fn resolve(root: &Path, target: &str) -> Result<Target> {
+        let r = resolve_in_root(root, target, true)?;
+        Ok(Target {
+            rel: r.rel_str()?.to_string(),
+            kind: r.kind(),
+        })
+    }
 }
 
 /// What every mount of a step may use.
@@ -396,7 +415,7 @@ fn source_path(from: &MountFrom<'_>, source: &str) -> Result<Source> {
         MountFrom::Named(c) => c,
         MountFrom::Root(root) => {
             let r = resolve_in_root(root, &format!("/{source}"), true)?;
-            let Some(kind) = r.kind else {
+            let Some(kind) = r.kind() else {
                 bail!("source {source:?} not found");
             };
             return Ok(Source {
@@ -476,24 +495,12 @@ fn lock_cache(dir: &Path, sharing: Sharing, cancel: &Cancel) -> Result<Option<Fl
 }
 
 /// Makes the mount points `children` (relative paths; directories, or files when false)
-/// inside a copy that will be mounted read-only.
+/// inside a copy that will be mounted read-only; a symlink on the way is an error.
 fn make_mount_points(copy: &Path, children: &[(String, bool)]) -> Result<()> {
+    let root = Root::open_dir(copy)?;
     for (rel, dir) in children {
-        let mut cur = copy.to_path_buf();
-        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-        for (i, c) in comps.iter().enumerate() {
-            cur.push(c);
-            match fs::symlink_metadata(&cur) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    bail!("{rel} in the mounted tree is a symlink; cannot mount there")
-                }
-                Ok(_) => {}
-                Err(_) if i + 1 == comps.len() && !dir => {
-                    File::create(&cur)?;
-                }
-                Err(_) => fs::create_dir(&cur)?,
-            }
-        }
+        root.make(Path::new(rel), *dir)
+            .with_context(|| format!("cannot mount at {rel} in the mounted tree"))?;
     }
     Ok(())
 }

@@ -1,14 +1,16 @@
 //! A stage's filesystem materialised on disk (applied from its layers on demand), and
-//! path resolution that follows symlinks without leaving the root.
+//! paths inside it resolved by [`crate::inroot`].
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use nix::fcntl::OFlag;
 
 use crate::image::Layer;
+use crate::inroot::{Resolved, Root, Rules};
 use crate::snapshot::overlay::{Driver, StepDirs};
 use crate::snapshot::{apply_layer, open_layer, ApplyOptions};
 use crate::store::Store;
@@ -206,83 +208,27 @@ impl Drop for Rootfs {
     }
 }
 
-/// Result of resolving an absolute in-image path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
-    /// The path relative to the root after following symlinks ("" is the root itself).
-    pub rel: String,
-    /// What is there now, if anything.
-    pub kind: Option<FileKind>,
-}
-
-/// The kind of an existing file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
-    /// A directory.
-    Dir,
-    /// Anything else (file, symlink not followed, device...).
-    Other,
-}
-
-/// Resolves absolute `path` inside `root`: every symlink met on the way (including the last
-/// component when `follow_last`) is followed as if `root` were `/`, so the result never
-/// leaves the root. Missing components are kept as written.
+/// Resolves absolute `path` inside `root` as a process chrooted there would see it
+/// ([`inroot::Rules::chroot`]): every symlink met on the way (and the last component when
+/// `follow_last`) is followed inside the root; a missing rest is kept as written.
 pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<Resolved> {
-    let mut todo: Vec<String> = path
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .map(str::to_string)
-        .rev()
-        .collect();
-    let mut done: Vec<String> = Vec::new();
-    let mut hops = 0;
-    while let Some(c) = todo.pop() {
-        match c.as_str() {
-            "." => continue,
-            ".." => {
-                done.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let candidate: PathBuf = root.join(done.join("/")).join(&c);
-        let is_last = todo.is_empty();
-        match fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() && (!is_last || follow_last) => {
-                hops += 1;
-                if hops > 255 {
-                    bail!("too many levels of symbolic links resolving {path}");
-                }
-                let target = fs::read_link(&candidate)?;
-                let target = target.to_string_lossy().to_string();
-                if target.starts_with('/') {
-                    done.clear();
-                }
-                for t in target.split('/').filter(|t| !t.is_empty()).rev() {
-                    todo.push(t.to_string());
-                }
-            }
-            _ => done.push(c),
-        }
-    }
-    let rel = done.join("/");
-    let kind = match fs::symlink_metadata(root.join(&rel)) {
-        Ok(m) if m.is_dir() => Some(FileKind::Dir),
-        Ok(_) => Some(FileKind::Other),
-        Err(_) => None,
-    };
-    Ok(Resolved { rel, kind })
+    Ok(Root::open_dir(root)?.resolve(Path::new(path), Rules::chroot(follow_last))?)
 }
 
-/// Reads a small file of the image (e.g. `/etc/passwd`) if it exists.
+/// Reads a small file of the image (e.g. `/etc/passwd`) if it exists, by a descriptor
+/// opened inside the root.
 pub fn read_image_file(root: &Path, path: &str) -> Option<String> {
-    let r = resolve_in_root(root, path, true).ok()?;
-    if r.kind != Some(FileKind::Other) {
+    let fd = Root::open_dir(root)
+        .ok()?
+        .open(Path::new(path), OFlag::O_RDONLY)
+        .ok()?;
+    let mut file = fs::File::from(fd);
+    if !file.metadata().ok()?.is_file() {
         return None;
     }
-    fs::read(root.join(&r.rel))
-        .ok()
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -291,47 +237,22 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     #[test]
-    fn symlinks_stay_inside_root() {
+    fn image_files_are_read_inside_the_root() {
+        // Resolution itself is tested in `inroot`; this is the reading on top of it.
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
-        fs::create_dir_all(root.join("usr/bin")).unwrap();
-        symlink("usr/bin", root.join("bin")).unwrap();
-        symlink("/../../../etc", root.join("escape")).unwrap();
-        symlink("../..", root.join("usr/up")).unwrap();
-        let r = resolve_in_root(root, "/bin/sh", false).unwrap();
+        fs::create_dir_all(root.join("data")).unwrap();
+        fs::create_dir(root.join("etc")).unwrap();
+        fs::write(root.join("data/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        symlink("/../../data/passwd", root.join("etc/passwd")).unwrap();
+        symlink("/../../../../etc/hostname", root.join("etc/hostname")).unwrap();
         assert_eq!(
-            r,
-            Resolved {
-                rel: "usr/bin/sh".into(),
-                kind: None
-            }
+            read_image_file(root, "/etc/passwd").as_deref(),
+            Some("root:x:0:0::/root:/bin/sh\n")
         );
-        let r = resolve_in_root(root, "/escape/passwd", false).unwrap();
-        assert_eq!(r.rel, "etc/passwd");
-        let r = resolve_in_root(root, "/usr/up/usr/up/usr/bin", true).unwrap();
-        assert_eq!(
-            r,
-            Resolved {
-                rel: "usr/bin".into(),
-                kind: Some(FileKind::Dir)
-            }
-        );
-        let r = resolve_in_root(root, "/bin", false).unwrap();
-        assert_eq!(
-            r,
-            Resolved {
-                rel: "bin".into(),
-                kind: Some(FileKind::Other)
-            }
-        );
-        assert!(read_image_file(root, "/escape/passwd").is_none());
-    }
-
-    #[test]
-    fn symlink_loops_are_errors() {
-        let t = tempfile::tempdir().unwrap();
-        symlink("b", t.path().join("a")).unwrap();
-        symlink("a", t.path().join("b")).unwrap();
-        assert!(resolve_in_root(t.path(), "/a/x", true).is_err());
+        assert!(read_image_file(root, "/etc/hostname").is_none());
+        assert!(read_image_file(root, "/etc").is_none());
+        let r = resolve_in_root(root, "/etc/passwd/x", false);
+        assert!(r.is_err());
     }
 }

@@ -8,10 +8,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::resource::Resource;
 
 use super::mounts::{prepare as prepare_mounts, MountFrom, MountInputs, PreparedMounts};
-use super::rootfs::{read_image_file, resolve_in_root, FileKind, RootKind};
+use super::rootfs::{read_image_file, resolve_in_root, RootKind};
 use super::users::resolve_run_user;
 use crate::cancel::Cancel;
 use crate::image::config::ImageConfig;
+use crate::inroot::{FileKind, Missing, Root, Rules};
 use crate::plan::steps::{RunStep, DEFAULT_PATH};
 use crate::sandbox::run::{mount_points, run, Credentials, Isolation, Network, Outcome, RunSpec};
 use crate::sandbox::seccomp::Filter;
@@ -148,11 +149,12 @@ pub fn run_command(
         .into_iter()
         .filter_map(|(name, contents)| {
             let r = resolve_in_root(root, &format!("/etc/{name}"), true).ok()?;
-            let first = r.rel.split('/').next().unwrap_or("");
-            let usable = r.kind != Some(FileKind::Dir)
-                && !r.rel.is_empty()
+            let rel = r.rel_str().ok()?;
+            let first = rel.split('/').next().unwrap_or("");
+            let usable = r.kind() != Some(FileKind::Dir)
+                && !rel.is_empty()
                 && !matches!(first, "proc" | "dev" | "sys");
-            usable.then_some((r.rel, contents))
+            usable.then(|| (rel.to_string(), contents))
         })
         .collect();
     let mut points = MountPoints::default();
@@ -246,7 +248,6 @@ pub fn run_command(
 /// `argv[0]` as the step will exec it: as given when it holds a `/`, else the first
 /// executable file of that name on the step's PATH, looked up inside its root.
 fn find_program(root: &Path, argv: &[String], env: &[String]) -> Result<String> {
-    use std::os::unix::fs::PermissionsExt;
     let first = argv
         .first()
         .ok_or_else(|| anyhow!("RUN has an empty command"))?;
@@ -259,8 +260,7 @@ fn find_program(root: &Path, argv: &[String], env: &[String]) -> Result<String> 
         .unwrap_or(DEFAULT_PATH);
     let executable = |p: &str| {
         resolve_in_root(root, p, true).is_ok_and(|r| {
-            fs::metadata(root.join(&r.rel))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            r.kind() == Some(FileKind::File) && r.stat.is_some_and(|st| st.st_mode & 0o111 != 0)
         })
     };
     path.split(':')
@@ -276,21 +276,17 @@ fn show_command(argv: &[String]) -> String {
 
 /// Creates the working directory (and its parents) if missing, as root, mode 0755.
 fn ensure_workdir(root: &Path, cwd: &str) -> Result<()> {
-    let r = resolve_in_root(root, cwd, true)?;
-    match r.kind {
-        Some(FileKind::Dir) => Ok(()),
-        Some(FileKind::Other) => bail!("the working directory {cwd} is not a directory"),
-        None => {
-            let mut path = root.to_path_buf();
-            for part in r.rel.split('/').filter(|p| !p.is_empty()) {
-                path.push(part);
-                if path.symlink_metadata().is_err() {
-                    fs::create_dir(&path).with_context(|| format!("cannot create {cwd}"))?;
-                }
-            }
-            Ok(())
-        }
+    let rules = Rules {
+        missing: Missing::MakeDirs,
+        ..Rules::chroot(true)
+    };
+    let r = Root::open_dir(root)?
+        .resolve(Path::new(cwd), rules)
+        .with_context(|| format!("cannot create the working directory {cwd}"))?;
+    if r.kind() != Some(FileKind::Dir) {
+        bail!("the working directory {cwd} is not a directory");
     }
+    Ok(())
 }
 
 /// The generated /etc files (name, contents), which the sandbox mounts over the image's;

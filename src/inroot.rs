@@ -60,6 +60,17 @@ pub enum InRootError {
         /// Its target.
         target: PathBuf,
     },
+    /// Not a regular file where one is read.
+    #[error("/{} is not a regular file", .0.display())]
+    NotRegular(PathBuf),
+    /// A file read whole is larger than the caller allows.
+    #[error("/{} is larger than {limit} bytes", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The most the caller reads.
+        limit: u64,
+    },
     /// A system call failed.
     #[error("/{}: {errno}", path.display())]
     Io {
@@ -344,6 +355,38 @@ impl Root {
             }
             _ => openat(&self.fd, ".", flags, Mode::empty()).map_err(io),
         }
+    }
+}
+
+impl Root {
+    /// Reads the regular file at `path` (links followed inside the root), up to `limit`
+    /// bytes; `None` when nothing is there. A fifo or a device is never read, nor waited
+    /// on: it is opened without blocking and refused ([`InRootError::NotRegular`]).
+    pub fn read_file(&self, path: &Path, limit: u64) -> Result<Option<Vec<u8>>, InRootError> {
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+        let fd = match self.open(path, flags) {
+            Ok(fd) => fd,
+            Err(InRootError::NotFound(_) | InRootError::NotDir(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let io = |e: std::io::Error| InRootError::Io {
+            path: relative(path),
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        };
+        let file = std::fs::File::from(fd);
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(InRootError::NotRegular(relative(path)));
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > limit {
+            return Err(InRootError::TooLarge {
+                path: relative(path),
+                limit,
+            });
+        }
+        Ok(Some(bytes))
     }
 }
 
@@ -767,6 +810,30 @@ mod tests {
             Err(InRootError::Symlink(_))
         ));
         assert!(!root.path().join("usr/bin/x").exists());
+    }
+
+    #[test]
+    fn read_file_reads_regular_files_only_and_never_waits() {
+        let (_t, root) = tree();
+        assert_eq!(
+            root.read_file(Path::new("/bin/sh"), 10).unwrap().as_deref(),
+            Some(&b"#!"[..])
+        );
+        assert!(root.read_file(Path::new("/nope/x"), 10).unwrap().is_none());
+        assert!(matches!(
+            root.read_file(Path::new("/bin/sh"), 1),
+            Err(InRootError::TooLarge { .. })
+        ));
+        // A fifo with no writer would block an ordinary open forever.
+        nix::unistd::mkfifo(&root.path().join("fifo"), Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(matches!(
+            root.read_file(Path::new("/fifo"), 10),
+            Err(InRootError::NotRegular(_))
+        ));
+        assert!(matches!(
+            root.read_file(Path::new("/usr"), 10),
+            Err(InRootError::NotRegular(_))
+        ));
     }
 
     #[test]

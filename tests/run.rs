@@ -1698,3 +1698,25 @@ fn the_walk_snapshotter_is_linear_in_depth() {
         "RUN true took {deep:.2}s in a deep tree, {flat:.2}s in a flat one"
     );
 }
+
+#[test]
+fn an_image_whose_passwd_is_a_fifo_fails_at_once() {
+    // A base image (here an earlier stage) may hold anything at /etc/passwd. Reading a
+    // fifo there would wait forever for a writer; it is refused like any non-file, and the
+    // named user is then unknown.
+    let test = "an_image_whose_passwd_is_a_fifo_fails_at_once";
+    let Some(b) = prepared(test, "forms") else {
+        return;
+    };
+    std::fs::write(
+        &b.dockerfile,
+        "FROM busybox AS evil\nRUN rm /etc/passwd && mkfifo /etc/passwd\n\
+         FROM evil\nUSER app\nRUN true\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let ran = b.build(&args(&[]));
+    assert_eq!(ran.code, 1, "{}", ran.summary());
+    assert!(ran.stderr_text().contains("app"), "{}", ran.summary());
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}

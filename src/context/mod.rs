@@ -21,9 +21,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use walkdir::WalkDir;
 
 use dockerignore::{Glob, Ignore};
-use nix::fcntl::OFlag;
 
 use crate::inroot::{InRootError, Root, Rules};
+
+/// The most of an ignore file rbuild reads.
+const IGNORE_FILE_LIMIT: u64 = 16 << 20;
 
 /// A build context (or another source tree a COPY reads from).
 #[derive(Debug)]
@@ -420,18 +422,13 @@ impl BuildContext {
     /// Reads a regular file at `rel` inside the root (symbolic links confined); None when
     /// there is nothing there.
     fn read_inside(&self, rel: &str) -> Result<Option<String>> {
-        let mut file = match self.dir.open(Path::new(rel), OFlag::O_RDONLY) {
-            Ok(fd) => fs::File::from(fd),
-            Err(InRootError::NotFound(_) | InRootError::NotDir(_)) => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {rel}")),
-        };
-        if !file.metadata()?.is_file() {
-            bail!("{rel} in {} is not a regular file", self.label);
+        match self.dir.read_file(Path::new(rel), IGNORE_FILE_LIMIT) {
+            Ok(bytes) => Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned())),
+            Err(InRootError::NotRegular(_)) => {
+                bail!("{rel} in {} is not a regular file", self.label)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {rel}")),
         }
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes)
-            .with_context(|| format!("cannot read {rel}"))?;
-        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     fn host(&self, real: &[OsString]) -> PathBuf {
@@ -782,6 +779,18 @@ mod tests {
         fs::remove_file(&fake).unwrap();
         assert!(err(&ctx, "p").contains("not found"));
         assert!(err(&ctx, "up/etc/passwd").contains("not found"));
+    }
+
+    #[test]
+    fn an_ignore_file_that_is_a_fifo_is_refused_not_waited_on() {
+        let t = tree(&[]);
+        nix::unistd::mkfifo(
+            &t.path().join(".dockerignore"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let e = BuildContext::from_dir(t.path(), None).unwrap_err();
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
     }
 
     #[test]

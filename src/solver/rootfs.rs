@@ -2,12 +2,10 @@
 //! paths inside it resolved by [`crate::inroot`].
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use nix::fcntl::OFlag;
 
 use crate::image::Layer;
 use crate::inroot::{Resolved, Root, Rules};
@@ -215,25 +213,23 @@ pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<Res
     Ok(Root::open_dir(root)?.resolve(Path::new(path), Rules::chroot(follow_last))?)
 }
 
-/// Reads a small file of the image (e.g. `/etc/passwd`) if it exists, by a descriptor
-/// opened inside the root.
+/// The most of an image file rbuild reads whole (`/etc/passwd`, `/etc/group`).
+const IMAGE_FILE_LIMIT: u64 = 16 << 20;
+
+/// Reads a small file of the image (e.g. `/etc/passwd`) if it exists and is a regular
+/// file of at most 16 MiB, by a descriptor opened inside the root.
 pub fn read_image_file(root: &Path, path: &str) -> Option<String> {
-    let fd = Root::open_dir(root)
+    let bytes = Root::open_dir(root)
         .ok()?
-        .open(Path::new(path), OFlag::O_RDONLY)
-        .ok()?;
-    let mut file = fs::File::from(fd);
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
+        .read_file(Path::new(path), IMAGE_FILE_LIMIT)
+        .ok()??;
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::symlink;
 
     #[test]
@@ -251,6 +247,13 @@ mod tests {
             Some("root:x:0:0::/root:/bin/sh\n")
         );
         assert!(read_image_file(root, "/etc/hostname").is_none());
+        // A hostile image's /etc/group as a fifo: refused at once, never waited on.
+        nix::unistd::mkfifo(
+            &root.join("etc/group"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        assert!(read_image_file(root, "/etc/group").is_none());
         assert!(read_image_file(root, "/etc").is_none());
         let r = resolve_in_root(root, "/etc/passwd/x", false);
         assert!(r.is_err());

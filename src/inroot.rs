@@ -81,6 +81,16 @@ pub enum InRootError {
     },
 }
 
+impl InRootError {
+    /// A failed I/O call at `path`, as an error.
+    pub fn from_io(path: PathBuf, e: &std::io::Error) -> InRootError {
+        InRootError::Io {
+            path,
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        }
+    }
+}
+
 impl From<InRootError> for std::io::Error {
     fn from(e: InRootError) -> std::io::Error {
         let kind = match &e {
@@ -369,17 +379,17 @@ impl Root {
             Err(InRootError::NotFound(_) | InRootError::NotDir(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let io = |e: std::io::Error| InRootError::Io {
-            path: relative(path),
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        };
+        let io = |e: std::io::Error| InRootError::from_io(relative(path), &e);
         let file = std::fs::File::from(fd);
         if !file.metadata().map_err(io)?.is_file() {
             return Err(InRootError::NotRegular(relative(path)));
         }
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
-            .map_err(io)?;
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, limit.saturating_add(1)),
+            &mut bytes,
+        )
+        .map_err(io)?;
         if bytes.len() as u64 > limit {
             return Err(InRootError::TooLarge {
                 path: relative(path),
@@ -429,8 +439,7 @@ fn io_at(path: PathBuf) -> impl Fn(Errno) -> InRootError {
 
 /// A second descriptor of `fd`.
 fn dup(fd: &OwnedFd, path: PathBuf) -> Result<OwnedFd, InRootError> {
-    fd.try_clone()
-        .map_err(|e| io_at(path)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
+    fd.try_clone().map_err(|e| InRootError::from_io(path, &e))
 }
 
 /// One resolution in progress.
@@ -522,8 +531,14 @@ impl<'a> Walk<'a> {
 
     /// The descriptor of the deepest existing directory (the root when there is none),
     /// reopened from below when it was let go.
-    fn dir(&mut self) -> Result<OwnedFd, InRootError> {
-        let Some(top) = self.existing.checked_sub(1) else {
+    fn dir(&self) -> Result<OwnedFd, InRootError> {
+        self.fd_at(self.existing)
+    }
+
+    /// The descriptor of the first `n` existing names (the root for 0), reopened from the
+    /// nearest one held below when it was let go.
+    fn fd_at(&self, n: usize) -> Result<OwnedFd, InRootError> {
+        let Some(top) = n.checked_sub(1) else {
             return dup(&self.root.fd, PathBuf::new());
         };
         if let Some(fd) = &self.fds[top] {
@@ -650,28 +665,21 @@ impl<'a> Walk<'a> {
 
     fn finish(mut self) -> Result<Resolved, InRootError> {
         let rel = self.rel(None);
-        let complete = self.existing == self.names.len();
-        let parent_exists = self.existing + usize::from(!complete) == self.names.len();
-        let parent = if self.names.is_empty() || !parent_exists {
-            None
-        } else {
-            let keep = self.existing;
-            self.existing = self.names.len() - 1;
-            let fd = self.dir()?;
-            self.existing = keep;
-            Some(fd)
+        let len = self.names.len();
+        // The parent exists when every name but (perhaps) the last does.
+        let parent = match len.checked_sub(1) {
+            Some(p) if self.existing >= p => Some(self.fd_at(p)?),
+            _ => None,
         };
-        let (fd, stat) = match (complete, self.names.is_empty()) {
-            (false, _) => (None, None),
-            (true, true) => {
-                let fd = self.dir()?;
-                let st = fstat(&fd).map_err(self.io(None))?;
-                (Some(fd), Some(st))
-            }
-            (true, false) => {
-                let fd = self.dir()?;
-                (Some(fd), self.last_stat.take())
-            }
+        let (fd, stat) = if self.existing < len {
+            (None, None)
+        } else {
+            let fd = self.dir()?;
+            let stat = match self.last_stat.take() {
+                Some(st) if len > 0 => st,
+                _ => fstat(&fd).map_err(self.io(None))?,
+            };
+            (Some(fd), Some(stat))
         };
         Ok(Resolved {
             rel,
@@ -733,6 +741,11 @@ mod tests {
         assert_eq!(
             rel(&root, "/", chroot),
             (String::new(), Some(FileKind::Dir))
+        );
+        // Back up with `..` onto a directory that exists: it is there.
+        assert_eq!(
+            rel(&root, "/usr/bin/..", chroot),
+            ("usr".into(), Some(FileKind::Dir))
         );
         // A missing rest is kept as written, `..` included.
         assert_eq!(

@@ -253,12 +253,8 @@ impl Applier<'_> {
                 return Ok(());
             }
             let host = root.join(rel);
-            fs::set_permissions(&host, fs::Permissions::from_mode(mode | 0o700)).map_err(|e| {
-                InRootError::Io {
-                    path: rel.to_path_buf(),
-                    errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                }
-            })?;
+            fs::set_permissions(&host, fs::Permissions::from_mode(mode | 0o700))
+                .map_err(|e| InRootError::from_io(rel.to_path_buf(), &e))?;
             deferred.push((host, mode, st.st_mtime));
             Ok(())
         };

@@ -308,6 +308,10 @@ impl Prepared {
 fn keeper_main(spec: &RunSpec<'_>, p: &Prepared, out: RawFd, err: &OwnedFd) -> Result<i32> {
     // Die with rbuild.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    // Forked from a build with other threads at work: descriptors they had open (a file
+    // of another stage being unpacked, open for writing) would stay open here for the
+    // whole step, and that stage's exec of the file would fail with ETXTBSY.
+    close_all_but(&[out, err.as_raw_fd()]);
     // A process group of its own: what it leaves re-parented to rbuild is reaped by group,
     // never rbuild's other children (fuse-overlayfs daemons).
     nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
@@ -826,6 +830,21 @@ fn exec_command(spec: &RunSpec<'_>, p: &Prepared, out: RawFd) -> anyhow::Error {
 
 /// Makes every descriptor but 0–2 go away at exec (rbuild's own, and whatever its caller
 /// left open): a step must not reach host files through an inherited descriptor.
+/// Closes every descriptor above 2 but `keep`.
+fn close_all_but(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep.iter().map(|&fd| fd as u32).filter(|&fd| fd > 2).collect();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for fd in keep.into_iter().chain([u32::MAX]) {
+        if fd > from {
+            // SAFETY: close_range on descriptor numbers this process does not use; the
+            // kept ones are outside every range.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
+        }
+        from = fd.saturating_add(1);
+    }
+}
+
 fn close_inherited_fds() {
     // close_range(3, ~0, CLOSE_RANGE_CLOEXEC): every descriptor above 2 closes at exec.
     // SAFETY: a plain syscall with constant arguments.

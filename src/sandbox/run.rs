@@ -832,7 +832,11 @@ fn exec_command(spec: &RunSpec<'_>, p: &Prepared, out: RawFd) -> anyhow::Error {
 /// left open): a step must not reach host files through an inherited descriptor.
 /// Closes every descriptor above 2 but `keep`.
 fn close_all_but(keep: &[RawFd]) {
-    let mut keep: Vec<u32> = keep.iter().map(|&fd| fd as u32).filter(|&fd| fd > 2).collect();
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .map(|&fd| fd as u32)
+        .filter(|&fd| fd > 2)
+        .collect();
     keep.sort_unstable();
     let mut from = 3u32;
     for fd in keep.into_iter().chain([u32::MAX]) {

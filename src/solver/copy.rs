@@ -5,7 +5,7 @@
 //! it, existing directories copied into). Nothing here writes to the stage: the entries
 //! become a layer, and the layer is applied when something needs the files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::MetadataExt;
@@ -250,6 +250,9 @@ fn below_pivot(rel: &str, pivot: &str) -> String {
 #[derive(Default)]
 struct Entries {
     by_path: BTreeMap<String, LayerEntry>,
+    /// Destination prefixes already found to be directories in the destination filesystem
+    /// (each is resolved once per step, not once per copied file).
+    dest_dirs: HashSet<String>,
 }
 
 impl Entries {
@@ -267,12 +270,15 @@ impl Entries {
         let parts: Vec<&str> = rel.split('/').collect();
         for part in &parts {
             prefix = join(&prefix, part);
-            if self.by_path.contains_key(&prefix) {
+            if self.by_path.contains_key(&prefix) || self.dest_dirs.contains(&prefix) {
                 continue;
             }
             let r = resolve_in_root(inp.dest_root, &format!("/{prefix}"), true)?;
             match r.kind() {
-                Some(FileKind::Dir) => continue,
+                Some(FileKind::Dir) => {
+                    self.dest_dirs.insert(prefix.clone());
+                    continue;
+                }
                 Some(_) if r.rel == Path::new(&prefix) => {
                     bail!("cannot copy to /{rel}: /{prefix} exists and is not a directory")
                 }

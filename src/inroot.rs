@@ -12,9 +12,10 @@
 //! not refused by a seccomp filter), and the same descriptor walk elsewhere.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::OnceLock;
 
 use nix::errno::Errno;
@@ -442,6 +443,33 @@ fn dup(fd: &OwnedFd, path: PathBuf) -> Result<OwnedFd, InRootError> {
     fd.try_clone().map_err(|e| InRootError::from_io(path, &e))
 }
 
+/// A directory descriptor the walk works from: the root's own, or one the walk holds
+/// (shared, so stepping into a directory costs no `dup`).
+enum DirFd<'a> {
+    Root(&'a OwnedFd),
+    Held(Rc<OwnedFd>),
+}
+
+impl AsFd for DirFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DirFd::Root(fd) => fd.as_fd(),
+            DirFd::Held(fd) => fd.as_fd(),
+        }
+    }
+}
+
+impl DirFd<'_> {
+    /// The descriptor as one the caller owns: the held one itself when nothing else
+    /// shares it, else a `dup`.
+    fn into_owned(self, path: PathBuf) -> Result<OwnedFd, InRootError> {
+        match self {
+            DirFd::Root(fd) => dup(fd, path),
+            DirFd::Held(fd) => Rc::try_unwrap(fd).or_else(|fd| dup(&fd, path)),
+        }
+    }
+}
+
 /// One resolution in progress.
 struct Walk<'a> {
     root: &'a Root,
@@ -455,7 +483,7 @@ struct Walk<'a> {
     existing: usize,
     /// Descriptors of the existing prefix (`fds[i]` is `names[..=i]`); only the deepest
     /// [`OPEN_DIRS`] are held, the others reopened when needed.
-    fds: Vec<Option<OwnedFd>>,
+    fds: Vec<Option<Rc<OwnedFd>>>,
     /// Status of the last existing name.
     last_stat: Option<FileStat>,
     links: Vec<PathBuf>,
@@ -531,33 +559,32 @@ impl<'a> Walk<'a> {
 
     /// The descriptor of the deepest existing directory (the root when there is none),
     /// reopened from below when it was let go.
-    fn dir(&self) -> Result<OwnedFd, InRootError> {
+    fn dir(&self) -> Result<DirFd<'a>, InRootError> {
         self.fd_at(self.existing)
     }
 
     /// The descriptor of the first `n` existing names (the root for 0), reopened from the
     /// nearest one held below when it was let go.
-    fn fd_at(&self, n: usize) -> Result<OwnedFd, InRootError> {
+    fn fd_at(&self, n: usize) -> Result<DirFd<'a>, InRootError> {
+        let held_at = |i: usize| self.fds[i].as_ref().map(|fd| DirFd::Held(Rc::clone(fd)));
         let Some(top) = n.checked_sub(1) else {
-            return dup(&self.root.fd, PathBuf::new());
+            return Ok(DirFd::Root(&self.root.fd));
         };
-        if let Some(fd) = &self.fds[top] {
-            return dup(fd, self.rel(None));
+        if let Some(fd) = held_at(top) {
+            return Ok(fd);
         }
         // The nearest one held, then the names above it, each known to be a directory.
         let held = self.fds[..top].iter().rposition(Option::is_some);
-        let mut cur = match held {
-            Some(i) => dup(self.fds[i].as_ref().expect("held"), self.rel(None))?,
-            None => dup(&self.root.fd, PathBuf::new())?,
-        };
+        let mut cur = held.and_then(held_at).unwrap_or(DirFd::Root(&self.root.fd));
         for name in &self.names[held.map_or(0, |i| i + 1)..=top] {
-            cur = openat(
+            let fd = openat(
                 &cur,
                 name.as_os_str(),
                 path_flags() | OFlag::O_DIRECTORY,
                 Mode::empty(),
             )
             .map_err(self.io(None))?;
+            cur = DirFd::Held(Rc::new(fd));
         }
         Ok(cur)
     }
@@ -596,7 +623,7 @@ impl<'a> Walk<'a> {
     fn enter(&mut self, c: OsString, fd: OwnedFd, st: FileStat) {
         self.names.push(c);
         self.existing += 1;
-        self.fds.push(Some(fd));
+        self.fds.push(Some(Rc::new(fd)));
         self.last_stat = Some(st);
         if self.fds.len() > OPEN_DIRS {
             let old = self.fds.len() - OPEN_DIRS - 1;
@@ -607,7 +634,7 @@ impl<'a> Walk<'a> {
     /// A name that is not there, by the rules.
     fn missing(
         &mut self,
-        dir: &OwnedFd,
+        dir: &DirFd<'_>,
         c: OsString,
         on_dir: &mut dyn FnMut(&Path, &FileStat) -> Result<(), InRootError>,
     ) -> Result<(), InRootError> {
@@ -641,7 +668,7 @@ impl<'a> Walk<'a> {
     }
 
     /// Replaces link `c` (in `dir`) by its target.
-    fn follow(&mut self, dir: &OwnedFd, c: OsString) -> Result<(), InRootError> {
+    fn follow(&mut self, dir: &DirFd<'_>, c: OsString) -> Result<(), InRootError> {
         let link = self.rel(Some(&c));
         if self.rules.links == Links::Refuse {
             return Err(InRootError::Symlink(link));
@@ -681,6 +708,10 @@ impl<'a> Walk<'a> {
             };
             (Some(fd), Some(stat))
         };
+        // Let go of the walk's own references, so the two kept are handed over undup'ed.
+        self.fds.clear();
+        let parent = parent.map(|d| d.into_owned(rel.clone())).transpose()?;
+        let fd = fd.map(|d| d.into_owned(rel.clone())).transpose()?;
         Ok(Resolved {
             rel,
             stat,

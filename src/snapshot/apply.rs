@@ -7,7 +7,7 @@
 //! path the image does not have counts as pointing outside. OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`)
 //! delete what lower layers put there.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
@@ -42,6 +42,7 @@ pub fn apply_layer(layer: impl Read, root: &Path, label: &str, opts: &ApplyOptio
         privileged: nix::unistd::geteuid().is_root(),
         created: HashSet::new(),
         deferred_dirs: Vec::new(),
+        plain_dirs: BTreeSet::new(),
     };
     let result = applier.run(layer, label);
     // Directory modes and times are set last (children change a directory's mtime, and a
@@ -59,8 +60,12 @@ struct Applier<'a> {
     privileged: bool,
     /// Paths this layer wrote (an opaque marker hides only what lower layers wrote).
     created: HashSet<PathBuf>,
-    /// Directories whose mode and mtime are set at the end.
+    /// Directories whose mode and mtime are set at the end, by their paths in the root.
     deferred_dirs: Vec<(PathBuf, u32, i64)>,
+    /// Directories already resolved that no symbolic link leads to (each path is its own
+    /// place in the root), so the next entry in one costs no resolution. An entry that
+    /// changes a path forgets that path and everything below it.
+    plain_dirs: BTreeSet<PathBuf>,
 }
 
 impl Applier<'_> {
@@ -96,6 +101,7 @@ impl Applier<'_> {
                 return Ok(()); // nothing below to hide
             };
             if name_bytes == OPAQUE_MARKER.as_bytes() {
+                self.forget_below(&parent);
                 for child in fs::read_dir(&parent)? {
                     let child = child?;
                     if !self.created.contains(&parent_rel.join(child.file_name())) {
@@ -109,6 +115,7 @@ impl Applier<'_> {
                     bail!("whiteout {:?} names no entry; refusing it", name);
                 }
                 let target = parent.join(OsStr::from_bytes(gone));
+                self.forget_below(&target);
                 if target.symlink_metadata().is_ok() {
                     remove_all(&target)?;
                 }
@@ -120,6 +127,7 @@ impl Applier<'_> {
             .resolve_dir(parent_rel, true)?
             .ok_or_else(|| anyhow!("cannot create the parent directory"))?;
         let host = parent.join(&name);
+        self.forget_below(&host);
         let header = entry.header();
         let mode = header.mode()? & 0o7777;
         let uid = header.uid()?;
@@ -141,7 +149,8 @@ impl Applier<'_> {
                 // The owner the layer records (a base image's /home/app is app's), and
                 // writable and searchable until the end of the layer.
                 self.set_meta(&host, uid, gid, Some(0o700 | mode), mtime)?;
-                self.deferred_dirs.push((host.clone(), mode, mtime));
+                let real = host.strip_prefix(self.root).unwrap_or(&host).to_path_buf();
+                self.deferred_dirs.push((real, mode, mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if existing.is_some() {
@@ -234,6 +243,9 @@ impl Applier<'_> {
     /// missing directories are made (mode 0755), but never behind an absolute symlink;
     /// without, a missing one gives `None`.
     fn resolve_dir(&mut self, rel: &Path, create: bool) -> Result<Option<PathBuf>> {
+        if self.plain_dirs.contains(rel) {
+            return Ok(Some(self.root.join(rel)));
+        }
         let rules = Rules {
             follow_last: true,
             links: Links::Follow,
@@ -255,14 +267,38 @@ impl Applier<'_> {
             let host = root.join(rel);
             fs::set_permissions(&host, fs::Permissions::from_mode(mode | 0o700))
                 .map_err(|e| InRootError::from_io(rel.to_path_buf(), &e))?;
-            deferred.push((host, mode, st.st_mtime));
+            deferred.push((rel.to_path_buf(), mode, st.st_mtime));
             Ok(())
         };
         let r = self.dir.resolve_visiting(rel, rules, &mut writable)?;
         match r.kind() {
-            Some(FileKind::Dir) => Ok(Some(self.root.join(&r.rel))),
+            Some(FileKind::Dir) => {
+                if r.links.is_empty() {
+                    self.plain_dirs.insert(r.rel.clone());
+                }
+                Ok(Some(self.root.join(&r.rel)))
+            }
             Some(_) => bail!("{} is not a directory", r.rel.display()),
             None => Ok(None),
+        }
+    }
+
+    /// Forgets the resolved directories at and below `host`, a path of the root that the
+    /// current entry replaces or removes.
+    fn forget_below(&mut self, host: &Path) {
+        let Ok(real) = host.strip_prefix(self.root) else {
+            self.plain_dirs.clear();
+            return;
+        };
+        // Paths order component by component, so those below `real` follow it at once.
+        let below: Vec<PathBuf> = self
+            .plain_dirs
+            .range(real.to_path_buf()..)
+            .take_while(|p| p.starts_with(real))
+            .cloned()
+            .collect();
+        for p in below {
+            self.plain_dirs.remove(&p);
         }
     }
 
@@ -325,13 +361,43 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Sets a directory's final mode and mtime, by descriptors inside the root: a later
+    /// entry of the layer may have replaced it (or a directory above it) by a symbolic
+    /// link, which a host path would follow out of the root. What is no longer a
+    /// directory reached without links is left alone.
+    fn finish_dir(&self, rel: &Path, mode: u32, mtime: i64) -> Result<()> {
+        use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, UtimensatFlags};
+        use nix::sys::time::TimeSpec;
+        let strict = Rules {
+            follow_last: false,
+            links: Links::Refuse,
+            above_root: AboveRoot::Refuse,
+            missing: Missing::Fail,
+        };
+        let r = match self.dir.resolve(rel, strict) {
+            Ok(r) => r,
+            Err(InRootError::NotFound(_) | InRootError::NotDir(_) | InRootError::Symlink(_)) => {
+                return Ok(())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (Some(FileKind::Dir), Some(parent), Some(name)) = (r.kind(), &r.parent, r.name())
+        else {
+            return Ok(());
+        };
+        // `name` is a directory (just checked, and nothing else writes this root).
+        let mode = nix::sys::stat::Mode::from_bits_truncate(mode);
+        fchmodat(parent, name, mode, FchmodatFlags::FollowSymlink)?;
+        let t = TimeSpec::new(mtime, 0);
+        utimensat(parent, name, &t, &t, UtimensatFlags::NoFollowSymlink)?;
+        Ok(())
+    }
+
     fn finish_dirs(&mut self) -> Result<()> {
         let mut dirs = std::mem::take(&mut self.deferred_dirs);
         dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
-        for (path, mode, mtime) in dirs {
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-            let t = filetime::FileTime::from_unix_time(mtime, 0);
-            filetime::set_symlink_file_times(&path, t, t)?;
+        for (rel, mode, mtime) in dirs {
+            self.finish_dir(&rel, mode, mtime)?;
         }
         Ok(())
     }
@@ -599,6 +665,74 @@ mod tests {
             "{e:#}"
         );
         assert!(!root.join("run/sub").exists());
+    }
+
+    /// A temporary directory holding an empty root and, beside it, a host directory
+    /// `outside` that nothing applied to the root may touch.
+    fn root_beside(outside: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let (root, outside) = (t.path().join("root"), t.path().join(outside));
+        fs::create_dir(&root).unwrap();
+        fs::create_dir(&outside).unwrap();
+        (t, root, outside)
+    }
+
+    #[test]
+    fn a_directory_replaced_within_the_layer_is_resolved_again() {
+        // Entries in a directory reuse its resolution; an entry that replaces or removes
+        // that directory (or one above it) must make the next entry resolve afresh.
+        let (_t, root, outside) = root_beside("c");
+        let layer = tar_of(&[
+            (h("c", TarKind::Dir), b""),
+            (h("a", TarKind::Dir), b""),
+            (h("a/b", TarKind::Dir), b""),
+            file("a/b/f", b"f"),
+            // The directory becomes an absolute link: `/c` is the image's own c, never
+            // the host's (the host's c sits right beside the root here).
+            (h("a/b", TarKind::Symlink("/c".into())), b""),
+            file("a/b/g", b"g"),
+            // A directory above a resolved one goes away, then is written into again.
+            (h("x", TarKind::Dir), b""),
+            (h("x/y", TarKind::Dir), b""),
+            file("x/y/1", b"1"),
+            file(".wh.x", b""),
+            file("x/y/2", b"2"),
+            // An opaque marker empties the directory of what lower layers put there.
+            (h("o", TarKind::Dir), b""),
+            (h("o/p", TarKind::Dir), b""),
+            file("o/p/1", b"1"),
+        ]);
+        apply_layer(&layer[..], &root, "l", &LAYER).unwrap();
+        assert_eq!(fs::read(root.join("c/g")).unwrap(), b"g");
+        assert!(!outside.join("g").exists(), "written outside the root");
+        assert!(fs::symlink_metadata(root.join("a/b")).unwrap().is_symlink());
+        assert!(!root.join("x/y/1").exists());
+        assert_eq!(fs::read(root.join("x/y/2")).unwrap(), b"2");
+        let upper = tar_of(&[
+            file("o/q", b"q"),
+            file("o/.wh..wh..opq", b""),
+            file("o/p/2", b"2"),
+        ]);
+        apply_layer(&upper[..], &root, "u", &LAYER).unwrap();
+        assert!(!root.join("o/p/1").exists());
+        assert_eq!(fs::read(root.join("o/p/2")).unwrap(), b"2");
+        assert_eq!(fs::read(root.join("o/q")).unwrap(), b"q");
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_link_keeps_its_mode_inside_the_root() {
+        // A directory's mode is set at the end of the layer; a later entry that turns it
+        // into a link to a host path must not carry that mode out of the root.
+        let (_t, root, victim) = root_beside("victim");
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+        let target = victim.to_str().unwrap().to_string();
+        let mut open = h("x", TarKind::Dir);
+        open.mode = 0o777;
+        let layer = tar_of(&[(open, b""), (h("x", TarKind::Symlink(target)), b"")]);
+        apply_layer(&layer[..], &root, "l", &LAYER).unwrap();
+        assert!(fs::symlink_metadata(root.join("x")).unwrap().is_symlink());
+        let mode = fs::metadata(&victim).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "a host directory's mode was changed");
     }
 
     #[test]

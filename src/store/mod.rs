@@ -18,6 +18,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -302,7 +303,7 @@ impl Store {
     }
 
     /// Settles what a dead process left half-done in its temporary directory `dir`: a
-    /// blob it linked into place without committing its row (`commit-<hex>`, same inode)
+    /// blob it linked into place without committing its row (`commit-<hex>-<n>`, same inode)
     /// is unlinked; a blob or cache directory GC moved aside (`gc-<hex>`, `gc-mount-<name>`)
     /// whose row survived (the removal never committed) goes back.
     fn recover_staged(&self, dir: &Path) -> Result<()> {
@@ -337,7 +338,7 @@ impl Store {
                     continue;
                 }
                 let (hex, gc) = match (name.strip_prefix("commit-"), name.strip_prefix("gc-")) {
-                    (Some(h), _) => (h, false),
+                    (Some(h), _) => (h.split('-').next().unwrap_or(h), false),
                     (_, Some(h)) => (h, true),
                     _ => continue,
                 };
@@ -489,8 +490,12 @@ impl Store {
         let size = tmp.as_file().metadata()?.len();
         // Named by its digest in this process's directory, then linked into place in the
         // transaction that adds its row: a process killed in between leaves the name
-        // behind, which tells the next start what to undo.
-        let staged = self.tmp_dir().join(format!("commit-{}", digest.hex()));
+        // behind, which tells the next start what to undo. Threads of one build may
+        // commit the same blob at once (stages that load the same base), so each stages
+        // it under a name of its own.
+        static STAGED: AtomicU64 = AtomicU64::new(0);
+        let n = STAGED.fetch_add(1, Ordering::Relaxed);
+        let staged = self.tmp_dir().join(format!("commit-{}-{n}", digest.hex()));
         tmp.persist(&staged)
             .map_err(|e| e.error)
             .with_context(|| format!("cannot store blob {digest}"))?;
@@ -664,6 +669,37 @@ mod tests {
             }
             _ => {}
         }
+    }
+
+    #[test]
+    fn threads_may_commit_the_same_blob_at_once() {
+        // Parallel stages that load the same base each store its blobs: every commit
+        // succeeds and the blob is there once.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let data = b"the same layer, from three stages";
+        let digest = Digest::of(data);
+        // Once staged under one shared name, a link from it raced a rename over it and
+        // failed with ENOENT about one time in seven in a three-stage build.
+        let start = std::sync::Barrier::new(4);
+        for _ in 0..200 {
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        let mut tmp = store.temp_file().unwrap();
+                        io::Write::write_all(&mut tmp, data).unwrap();
+                        start.wait();
+                        store.commit_blob(tmp, &digest).unwrap();
+                    });
+                }
+            });
+        }
+        assert_eq!(fs::read(store.blob_path(&digest)).unwrap(), data);
+        let left = fs::read_dir(store.tmp_dir()).unwrap().flatten();
+        let staged: Vec<_> = left
+            .filter(|e| e.file_name().to_string_lossy().starts_with("commit-"))
+            .collect();
+        assert!(staged.is_empty(), "{staged:?}");
     }
 
     #[test]

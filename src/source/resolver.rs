@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -117,6 +117,10 @@ pub struct Resolver<'a> {
     named: BTreeMap<String, NamedContext>,
     puller: Option<&'a dyn Puller>,
     used: Mutex<Vec<(String, Digest)>>,
+    /// Images resolved so far, by the name asked for, each behind a lock of its own:
+    /// stages that share a base wait for one resolution (one pull, one import) instead
+    /// of each doing it.
+    resolved: Mutex<BTreeMap<String, Arc<Mutex<Option<BaseImage>>>>>,
 }
 
 impl<'a> Resolver<'a> {
@@ -135,6 +139,7 @@ impl<'a> Resolver<'a> {
             named,
             puller,
             used: Mutex::new(Vec::new()),
+            resolved: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -163,8 +168,24 @@ impl<'a> Resolver<'a> {
         self.image_reporting(name, None)
     }
 
-    /// As [`Resolver::image`], reporting a pull's progress to `progress`.
+    /// As [`Resolver::image`], reporting a pull's progress to `progress`. A name is
+    /// resolved once per build; a caller that asks while another resolves it waits for
+    /// that answer (after a failure, it tries again itself).
     pub fn image_reporting(&self, name: &str, progress: TransferProgress) -> Result<BaseImage> {
+        let slot = {
+            let mut all = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(all.entry(name.to_string()).or_default())
+        };
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(image) = &*slot {
+            return Ok(image.clone());
+        }
+        let image = self.resolve(name, progress)?;
+        *slot = Some(image.clone());
+        Ok(image)
+    }
+
+    fn resolve(&self, name: &str, progress: TransferProgress) -> Result<BaseImage> {
         let image = match self.named_context(name) {
             Some(NamedContext::Image(r)) => self.registry_image(r, progress)?,
             Some(NamedContext::OciLayout { dir, selector }) => {
@@ -254,6 +275,54 @@ mod tests {
         );
         assert!(NamedContext::parse("git://x").is_err());
         assert!(NamedContext::parse("/definitely/not/here").is_err());
+    }
+
+    /// Pulls a config-only image, slowly, counting the pulls.
+    struct SlowPuller(std::sync::atomic::AtomicUsize);
+
+    impl Puller for SlowPuller {
+        fn pull(
+            &self,
+            _: &Reference,
+            _: &Platform,
+            store: &Store,
+            _: TransferProgress,
+        ) -> Result<Digest> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
+            let c = store.write_blob(config)?;
+            let manifest = format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":{}}},"layers":[]}}"#,
+                config.len()
+            );
+            store.write_blob(manifest.as_bytes())
+        }
+    }
+
+    #[test]
+    fn stages_that_share_a_base_pull_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let puller = SlowPuller(Default::default());
+        let r = Resolver::new(
+            &store,
+            Platform::host(),
+            PullPolicy::Always,
+            BTreeMap::new(),
+            Some(&puller),
+        );
+        let digests: Vec<Digest> = std::thread::scope(|s| {
+            let stages: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| r.image("busybox").unwrap().digest))
+                .collect();
+            stages.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(puller.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(digests.iter().all(|d| *d == digests[0]));
+        // Within one build the name keeps its answer, even with --pull=always.
+        r.image("busybox").unwrap();
+        assert_eq!(puller.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

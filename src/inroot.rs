@@ -158,6 +158,17 @@ impl Rules {
             missing: Missing::Keep,
         }
     }
+
+    /// No symbolic link anywhere on the path (the last component included) and no `..`
+    /// above the root; a missing part is handled by `missing`.
+    pub fn strict(missing: Missing) -> Rules {
+        Rules {
+            follow_last: true,
+            links: Links::Refuse,
+            above_root: AboveRoot::Refuse,
+            missing,
+        }
+    }
 }
 
 /// What a path resolved to.
@@ -287,12 +298,7 @@ impl Root {
     /// above it, and a directory (`dir`) or an empty file as its last component. An
     /// existing last entry, of any kind, is left as it is.
     pub fn make(&self, path: &Path, dir: bool) -> Result<Resolved, InRootError> {
-        let strict = Rules {
-            follow_last: true,
-            links: Links::Refuse,
-            above_root: AboveRoot::Refuse,
-            missing: Missing::MakeDirs,
-        };
+        let strict = Rules::strict(Missing::MakeDirs);
         if dir {
             return self.resolve(path, strict);
         }
@@ -807,12 +813,7 @@ mod tests {
             err("/usr/bin/sh/..", Rules::chroot(true)),
             InRootError::NotDir(_)
         ));
-        let strict = Rules {
-            follow_last: true,
-            links: Links::Refuse,
-            above_root: AboveRoot::Refuse,
-            missing: Missing::Fail,
-        };
+        let strict = Rules::strict(Missing::Fail);
         assert!(matches!(err("/bin/sh", strict), InRootError::Symlink(_)));
         assert!(matches!(
             err("/usr/../..", strict),

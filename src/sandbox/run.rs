@@ -612,16 +612,10 @@ fn step_mounts(spec: &RunSpec<'_>) -> Result<()> {
 /// missing last component (hidden by a mount made above it) is made there: a directory, or
 /// an empty file when `dir` is false; that fails on a read-only mount.
 fn open_beneath(root: &Path, rel: &str, dir: bool) -> Result<(OwnedFd, String, OwnedFd)> {
-    use crate::inroot::{AboveRoot, Links, Missing, Root, Rules};
+    use crate::inroot::{Missing, Root, Rules};
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::Mode;
-    let rules = Rules {
-        follow_last: true,
-        links: Links::Refuse,
-        above_root: AboveRoot::Refuse,
-        missing: Missing::Keep,
-    };
-    let r = Root::open_dir(root)?.resolve(Path::new(rel), rules)?;
+    let r = Root::open_dir(root)?.resolve(Path::new(rel), Rules::strict(Missing::Keep))?;
     let Some(name) = r.rel.file_name() else {
         bail!("cannot mount over the root");
     };

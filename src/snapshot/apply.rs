@@ -97,11 +97,12 @@ impl Applier<'_> {
         let name_bytes = name.as_bytes();
 
         if self.opts.whiteouts && name_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-            let Some(parent) = self.resolve_dir(parent_rel, false)? else {
+            let Some(parent_real) = self.resolve_dir(parent_rel, false)? else {
                 return Ok(()); // nothing below to hide
             };
+            let parent = self.root.join(&parent_real);
             if name_bytes == OPAQUE_MARKER.as_bytes() {
-                self.forget_below(&parent);
+                self.forget_below(&parent_real);
                 for child in fs::read_dir(&parent)? {
                     let child = child?;
                     if !self.created.contains(&parent_rel.join(child.file_name())) {
@@ -114,8 +115,9 @@ impl Applier<'_> {
                 if gone.is_empty() || gone == b"." || gone == b".." || gone.contains(&b'/') {
                     bail!("whiteout {:?} names no entry; refusing it", name);
                 }
-                let target = parent.join(OsStr::from_bytes(gone));
-                self.forget_below(&target);
+                let target_real = parent_real.join(OsStr::from_bytes(gone));
+                self.forget_below(&target_real);
+                let target = self.root.join(target_real);
                 if target.symlink_metadata().is_ok() {
                     remove_all(&target)?;
                 }
@@ -123,11 +125,12 @@ impl Applier<'_> {
             return Ok(());
         }
 
-        let parent = self
+        let real = self
             .resolve_dir(parent_rel, true)?
-            .ok_or_else(|| anyhow!("cannot create the parent directory"))?;
-        let host = parent.join(&name);
-        self.forget_below(&host);
+            .ok_or_else(|| anyhow!("cannot create the parent directory"))?
+            .join(&name);
+        let host = self.root.join(&real);
+        self.forget_below(&real);
         let header = entry.header();
         let mode = header.mode()? & 0o7777;
         let uid = header.uid()?;
@@ -149,7 +152,6 @@ impl Applier<'_> {
                 // The owner the layer records (a base image's /home/app is app's), and
                 // writable and searchable until the end of the layer.
                 self.set_meta(&host, uid, gid, Some(0o700 | mode), mtime)?;
-                let real = host.strip_prefix(self.root).unwrap_or(&host).to_path_buf();
                 self.deferred_dirs.push((real, mode, mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -241,10 +243,11 @@ impl Applier<'_> {
     /// absolute symlink means the image's own path (`var/run -> /run`), as in a container;
     /// when that path is not in the image it is taken as pointing out. With `create`,
     /// missing directories are made (mode 0755), but never behind an absolute symlink;
-    /// without, a missing one gives `None`.
+    /// without, a missing one gives `None`. The answer is the directory's own path in the
+    /// root (links replaced by their targets).
     fn resolve_dir(&mut self, rel: &Path, create: bool) -> Result<Option<PathBuf>> {
         if self.plain_dirs.contains(rel) {
-            return Ok(Some(self.root.join(rel)));
+            return Ok(Some(rel.to_path_buf()));
         }
         let rules = Rules {
             follow_last: true,
@@ -276,24 +279,21 @@ impl Applier<'_> {
                 if r.links.is_empty() {
                     self.plain_dirs.insert(r.rel.clone());
                 }
-                Ok(Some(self.root.join(&r.rel)))
+                Ok(Some(r.rel))
             }
             Some(_) => bail!("{} is not a directory", r.rel.display()),
             None => Ok(None),
         }
     }
 
-    /// Forgets the resolved directories at and below `host`, a path of the root that the
+    /// Forgets the resolved directories at and below `real`, a path of the root that the
     /// current entry replaces or removes.
-    fn forget_below(&mut self, host: &Path) {
-        let Ok(real) = host.strip_prefix(self.root) else {
-            self.plain_dirs.clear();
-            return;
-        };
+    fn forget_below(&mut self, real: &Path) {
+        use std::ops::Bound;
         // Paths order component by component, so those below `real` follow it at once.
         let below: Vec<PathBuf> = self
             .plain_dirs
-            .range(real.to_path_buf()..)
+            .range::<Path, _>((Bound::Included(real), Bound::Unbounded))
             .take_while(|p| p.starts_with(real))
             .cloned()
             .collect();
@@ -308,6 +308,7 @@ impl Applier<'_> {
         let parent = rel.parent().unwrap_or(Path::new(""));
         let dir = self
             .resolve_dir(parent, false)?
+            .map(|real| self.root.join(real))
             .ok_or_else(|| anyhow!("hard link target {} does not exist", rel.display()))?;
         let name = rel
             .file_name()
@@ -368,13 +369,7 @@ impl Applier<'_> {
     fn finish_dir(&self, rel: &Path, mode: u32, mtime: i64) -> Result<()> {
         use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, UtimensatFlags};
         use nix::sys::time::TimeSpec;
-        let strict = Rules {
-            follow_last: false,
-            links: Links::Refuse,
-            above_root: AboveRoot::Refuse,
-            missing: Missing::Fail,
-        };
-        let r = match self.dir.resolve(rel, strict) {
+        let r = match self.dir.resolve(rel, Rules::strict(Missing::Fail)) {
             Ok(r) => r,
             Err(InRootError::NotFound(_) | InRootError::NotDir(_) | InRootError::Symlink(_)) => {
                 return Ok(())
@@ -708,8 +703,10 @@ mod tests {
         assert!(fs::symlink_metadata(root.join("a/b")).unwrap().is_symlink());
         assert!(!root.join("x/y/1").exists());
         assert_eq!(fs::read(root.join("x/y/2")).unwrap(), b"2");
+        // (The whiteout of nothing makes the layer resolve o/p before the marker.)
         let upper = tar_of(&[
             file("o/q", b"q"),
+            file("o/p/.wh.nothing", b""),
             file("o/.wh..wh..opq", b""),
             file("o/p/2", b"2"),
         ]);

@@ -338,7 +338,7 @@ impl Store {
                     continue;
                 }
                 let (hex, gc) = match (name.strip_prefix("commit-"), name.strip_prefix("gc-")) {
-                    (Some(h), _) => (h.split('-').next().unwrap_or(h), false),
+                    (Some(h), _) => (h.split_once('-').map_or(h, |(hex, _)| hex), false),
                     (_, Some(h)) => (h, true),
                     _ => continue,
                 };
